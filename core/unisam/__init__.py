@@ -1,0 +1,1 @@
+"""unisam: promptable segmentation core (EdgeSAM family) on ONNX Runtime."""

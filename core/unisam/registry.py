@@ -1,0 +1,123 @@
+"""Model cards: named models, their architecture and the files that hold their weights.
+
+Pure Python (no torch, no onnxruntime) so that every layer of unisam can read a card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Architecture of a SAM-family model: image encoder + SAM prompt encoder + SAM mask decoder.
+
+    ``encoder`` is one of ``"repvit"`` (EdgeSAM), ``"vit"`` (SAM), ``"tiny_vit"`` (MobileSAM);
+    ``encoder_kwargs`` go to that encoder's constructor. The encoder maps a ``(B, 3, image_size,
+    image_size)`` normalised, zero-padded image to a ``(B, embed_dim, image_size // 16,
+    image_size // 16)`` embedding; the decoder returns low-resolution mask logits of
+    ``(image_size // 4, image_size // 4)``.
+    """
+
+    encoder: str
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 1024
+    embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    num_multimask_outputs: int = 3
+    pixel_mean: tuple[float, float, float] = PIXEL_MEAN
+    pixel_std: tuple[float, float, float] = PIXEL_STD
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the square image embedding grid (image_size / 16)."""
+        return self.image_size // 16
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the decoder's low-resolution mask logits (image_size / 4)."""
+        return self.image_size // 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchSpec:
+        data = dict(data)
+        for key in ("pixel_mean", "pixel_std"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One downloadable file: where it lives, and how to know it arrived intact."""
+
+    filename: str
+    url: str
+    sha256: str
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A named model: its architecture and the files that provide its weights.
+
+    ``checkpoint`` is an official PyTorch state dict (needs the ``torch`` extra to export to ONNX);
+    ``onnx`` is an (encoder, decoder) pair that runs with onnxruntime alone.
+    """
+
+    name: str
+    arch: ArchSpec
+    description: str
+    checkpoint: WeightFile | None = None
+    onnx: tuple[WeightFile, WeightFile] | None = None
+
+
+EDGE_SAM = ArchSpec(encoder="repvit", encoder_kwargs={"arch": "m1", "fuse": True, "upsample_mode": "bicubic"})
+SAM_VIT_B = ArchSpec(
+    encoder="vit",
+    encoder_kwargs={"embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
+)
+SAM_VIT_L = ArchSpec(
+    encoder="vit",
+    encoder_kwargs={"embed_dim": 1024, "depth": 24, "num_heads": 16, "global_attn_indexes": (5, 11, 17, 23)},
+)
+SAM_VIT_H = ArchSpec(
+    encoder="vit",
+    encoder_kwargs={"embed_dim": 1280, "depth": 32, "num_heads": 16, "global_attn_indexes": (7, 15, 23, 31)},
+)
+MOBILE_SAM = ArchSpec(encoder="tiny_vit", encoder_kwargs={})
+
+_REGISTRY: dict[str, ModelCard] = {}
+
+
+def register(card: ModelCard) -> ModelCard:
+    """Add a card to the registry (names are unique)."""
+    if card.name in _REGISTRY:
+        raise ValueError(f"model {card.name!r} is already registered")
+    _REGISTRY[card.name] = card
+    return card
+
+
+def get_card(name: str) -> ModelCard:
+    """The card registered under ``name``; a clear error listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
