@@ -1,0 +1,240 @@
+"""``Instances``: the one result type of unisam — N instance masks of one image with boxes and scores.
+
+Box convention (SAM's, as in its automatic mask generator and ``torchvision.ops.masks_to_boxes``):
+``(x1, y1, x2, y2)`` are the pixel indices of the mask's leftmost column, top row, rightmost column
+and bottom row, all *inclusive*; a one-pixel mask at column 5, row 7 has box ``(5, 7, 5, 7)``, so the
+box covers ``x2 - x1 + 1`` columns. An empty mask has box ``(0, 0, 0, 0)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` bool -> ``(N, 4)`` float32 inclusive ``(x1, y1, x2, y2)``; empty masks give zeros."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must have shape (N, H, W), got {masks.shape}")
+    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
+    if masks.size == 0:
+        return boxes
+    rows = masks.any(axis=2)  # (N, H)
+    cols = masks.any(axis=1)  # (N, W)
+    present = rows.any(axis=1)
+    h, w = masks.shape[1:]
+    boxes[:, 0] = cols.argmax(axis=1)
+    boxes[:, 1] = rows.argmax(axis=1)
+    boxes[:, 2] = w - 1 - cols[:, ::-1].argmax(axis=1)
+    boxes[:, 3] = h - 1 - rows[:, ::-1].argmax(axis=1)
+    boxes[~present] = 0.0
+    return boxes
+
+
+@dataclass
+class Instances:
+    """Instance masks of one ``H x W`` image.
+
+    masks: ``(N, H, W)`` bool. boxes: ``(N, 4)`` float32 inclusive pixel ``(x1, y1, x2, y2)`` (see the
+    module docstring). scores: ``(N,)`` float32 mask quality (e.g. predicted IoU). labels: N class
+    names or None. label_scores: ``(N,)`` float32 label confidences or None. ids: ``(N,)`` int64
+    instance/track ids or None.
+    """
+
+    masks: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: list[str] | None = None
+    label_scores: np.ndarray | None = None
+    ids: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.masks, np.ndarray) or self.masks.dtype != bool or self.masks.ndim != 3:
+            got = getattr(self.masks, "shape", None), getattr(self.masks, "dtype", type(self.masks))
+            raise ValueError(f"masks must be an (N, H, W) bool array, got shape/dtype {got}")
+        n = self.masks.shape[0]
+        self.boxes = np.asarray(self.boxes, dtype=np.float32)
+        if self.boxes.shape != (n, 4):
+            raise ValueError(f"boxes must have shape ({n}, 4), got {self.boxes.shape}")
+        self.scores = np.asarray(self.scores, dtype=np.float32)
+        if self.scores.shape != (n,):
+            raise ValueError(f"scores must have shape ({n},), got {self.scores.shape}")
+        if self.labels is not None:
+            self.labels = [str(label) for label in self.labels]
+            if len(self.labels) != n:
+                raise ValueError(f"labels must have {n} entries, got {len(self.labels)}")
+        if self.label_scores is not None:
+            self.label_scores = np.asarray(self.label_scores, dtype=np.float32)
+            if self.label_scores.shape != (n,):
+                raise ValueError(f"label_scores must have shape ({n},), got {self.label_scores.shape}")
+        if self.ids is not None:
+            self.ids = np.asarray(self.ids, dtype=np.int64)
+            if self.ids.shape != (n,):
+                raise ValueError(f"ids must have shape ({n},), got {self.ids.shape}")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image the masks belong to."""
+        return int(self.masks.shape[1]), int(self.masks.shape[2])
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> Instances:
+        """A subset: an int keeps one instance (length 1); slices, bool masks and index arrays as NumPy."""
+        if isinstance(index, (int, np.integer)):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"index {index} out of range for {n} instances")
+            index = slice(int(index), int(index) + 1 if index != -1 else None)
+        elif not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.dtype == bool:
+                if index.shape != (len(self),):
+                    raise IndexError(f"boolean index must have shape ({len(self)},), got {index.shape}")
+                index = np.flatnonzero(index)
+            elif index.size == 0:
+                index = index.astype(np.int64)
+        positions = np.arange(len(self))[index]
+        return Instances(
+            masks=self.masks[index],
+            boxes=self.boxes[index],
+            scores=self.scores[index],
+            labels=None if self.labels is None else [self.labels[i] for i in positions.reshape(-1)],
+            label_scores=None if self.label_scores is None else self.label_scores[index],
+            ids=None if self.ids is None else self.ids[index],
+        )
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> Instances:
+        """No instances in an ``height x width`` image."""
+        return cls(
+            masks=np.zeros((0, height, width), dtype=bool),
+            boxes=np.zeros((0, 4), dtype=np.float32),
+            scores=np.zeros((0,), dtype=np.float32),
+        )
+
+    @classmethod
+    def from_masks(cls, masks: np.ndarray, scores: np.ndarray | None = None, **optional: Any) -> Instances:
+        """Instances from ``(N, H, W)`` bool masks; boxes are computed, scores default to 1."""
+        masks = np.asarray(masks)
+        if masks.dtype != bool:
+            raise ValueError(f"masks must be bool, got {masks.dtype}; threshold them first (e.g. logits > 0)")
+        if scores is None:
+            scores = np.ones(masks.shape[0] if masks.ndim == 3 else 0, dtype=np.float32)
+        return cls(masks=masks, boxes=masks_to_boxes(masks), scores=scores, **optional)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Instances]) -> Instances:
+        """Instances of one image stacked in order. An optional field is kept when every non-empty part
+        has it (a ``ValueError`` when only some do)."""
+        if not parts:
+            raise ValueError("concat needs at least one Instances (the image size comes from them)")
+        sizes = {p.image_size for p in parts}
+        if len(sizes) != 1:
+            raise ValueError(f"cannot concatenate instances of different image sizes {sorted(sizes)}")
+        filled = [p for p in parts if len(p)]
+        if not filled:
+            return cls.empty(*sizes.pop())
+
+        def optional(name: str) -> list[Any] | None:
+            values = [getattr(p, name) for p in filled]
+            present = sum(v is not None for v in values)
+            if 0 < present < len(values):
+                raise ValueError(f"cannot concatenate: only some of the instances have {name}")
+            return values if present else None
+
+        labels, label_scores, ids = optional("labels"), optional("label_scores"), optional("ids")
+        return cls(
+            masks=np.concatenate([p.masks for p in filled]),
+            boxes=np.concatenate([p.boxes for p in filled]),
+            scores=np.concatenate([p.scores for p in filled]),
+            labels=None if labels is None else [label for part in labels for label in part],
+            label_scores=None if label_scores is None else np.concatenate(label_scores),
+            ids=None if ids is None else np.concatenate(ids),
+        )
+
+    def to_rle(self) -> list[dict[str, Any]]:
+        """COCO compressed RLEs, one per mask: ``{"size": [H, W], "counts": str}`` (JSON-serialisable)."""
+        if not len(self):
+            return []
+        fortran = np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8))
+        rles = mask_utils.encode(fortran)
+        return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+    @classmethod
+    def from_rle(
+        cls,
+        rles: Sequence[dict[str, Any]],
+        scores: np.ndarray | None = None,
+        *,
+        image_size: tuple[int, int] | None = None,
+        **optional: Any,
+    ) -> Instances:
+        """Instances from COCO RLEs (compressed, counts str or bytes, or uncompressed, counts a list).
+
+        ``image_size`` ``(H, W)`` is needed only when ``rles`` is empty; boxes are recomputed.
+        """
+        if not rles:
+            if image_size is None:
+                raise ValueError("from_rle of an empty list needs image_size=(H, W)")
+            empty = cls.empty(*image_size)
+            return cls.from_masks(empty.masks, scores, **optional)
+        masks = np.stack([_decode_rle(r) for r in rles])
+        if image_size is not None and masks.shape[1:] != tuple(image_size):
+            raise ValueError(f"RLE size {masks.shape[1:]} differs from image_size {tuple(image_size)}")
+        return cls.from_masks(masks, scores, **optional)
+
+    def to_label_image(self) -> np.ndarray:
+        """``(H, W)`` int32 label image: 0 is background, instance i gets ``ids[i]`` (ids must be > 0)
+        or ``i + 1`` without ids. Where masks overlap the highest-scoring instance wins (on equal
+        scores, the later one)."""
+        if self.ids is not None:
+            if len(self) and (self.ids.min() <= 0 or self.ids.max() > np.iinfo(np.int32).max):
+                raise ValueError("ids must be in 1..2**31-1 to draw a label image (0 is the background)")
+            values = self.ids.astype(np.int32)
+        else:
+            values = np.arange(1, len(self) + 1, dtype=np.int32)
+        out = np.zeros(self.image_size, dtype=np.int32)
+        for i in np.argsort(self.scores, kind="stable"):
+            out[self.masks[i]] = values[i]
+        return out
+
+    def crop_masks_to_boxes(self) -> list[np.ndarray]:
+        """Each mask cropped to its box (rounded, inclusive): ``masks[i][y1:y2+1, x1:x2+1]``, bool.
+
+        This is FiftyOne's instance-mask layout (the mask covers exactly its bounding box); the box
+        then spans ``x2 - x1 + 1`` by ``y2 - y1 + 1`` pixels. An empty mask gives a 1x1 crop at (0, 0).
+        """
+        h, w = self.image_size
+        crops = []
+        for mask, box in zip(self.masks, np.rint(self.boxes).astype(np.int64)):
+            x1, y1 = np.clip(box[:2], 0, [w - 1, h - 1])
+            x2, y2 = np.clip(box[2:], [x1, y1], [w - 1, h - 1])
+            crops.append(mask[y1 : y2 + 1, x1 : x2 + 1].copy())
+        return crops
+
+
+def _decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """One COCO RLE (compressed, counts str/bytes, or uncompressed, counts a list) -> ``(H, W)`` bool."""
+    h, w = (int(s) for s in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):
+        if sum(counts) != h * w or min(counts, default=0) < 0:
+            raise ValueError(f"RLE counts do not describe a {h}x{w} mask")
+        obj = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        obj = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else bytes(counts)}
+    with warnings.catch_warnings():
+        # pycocotools' Cython decode triggers NumPy 2's __array__(copy=...) deprecation warning.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return mask_utils.decode(obj).astype(bool)
+        except ValueError as exc:
+            raise ValueError(f"RLE counts do not describe a {h}x{w} mask (corrupt or truncated): {exc}") from None

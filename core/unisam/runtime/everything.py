@@ -1,0 +1,329 @@
+"""Automatic "segment everything": prompt a grid of points, keep the good masks, remove duplicates.
+
+The algorithm of SAM's automatic mask generator, in NumPy, against any predictor that follows
+:class:`MaskPredictor`. Per crop (the whole image, plus ``crop_n_layers`` layers of overlapping
+crops): embed the crop, decode each grid point (three masks per point), drop masks whose predicted
+IoU is too low *before* upscaling them, upscale the survivors in memory-bounded chunks, drop unstable
+masks and masks cut by a crop edge, then NMS by box IoU within the crop and across crops. Masks are
+kept cropped to their boxes until the end, so memory grows with the objects found, not the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from unisam.images import load_image
+from unisam.instances import Instances, masks_to_boxes
+from unisam.runtime.cache import Embedding
+
+# Upper bound on the float32 full-resolution logits upscaled at once.
+UPSCALE_CHUNK_BYTES = 64 * 2**20
+# Distance (pixels) within which a box is "at" a crop edge; SAM's value.
+CROP_EDGE_TOLERANCE = 20.0
+_CONNECTIVITY_8 = np.ones((3, 3), dtype=bool)
+
+
+class MaskPredictor(Protocol):
+    """What :func:`segment_everything` needs from a model."""
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        """``(H, W, 3)`` uint8 RGB -> its embedding."""
+        ...
+
+    def decode(
+        self, embedding: Embedding, point_coords: np.ndarray, point_labels: np.ndarray, multimask: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Points ``(B, N, 2)`` float32 pixel ``(x, y)`` in the embedded image and labels ``(B, N)``
+        float32 -> (low-res logits ``(B, K, h4, w4)`` float32, predicted IoU ``(B, K)`` float32), K = 3
+        if ``multimask`` else 1."""
+        ...
+
+    def upscale(self, embedding: Embedding, low_res_logits: np.ndarray) -> np.ndarray:
+        """Low-res logits ``(M, h4, w4)`` -> ``(M, H, W)`` float32 logits at the embedded image's size."""
+        ...
+
+
+def segment_everything(
+    image: np.ndarray,
+    predictor: MaskPredictor,
+    *,
+    points_per_side: int = 32,
+    points_per_batch: int = 64,
+    pred_iou_thresh: float = 0.88,
+    stability_score_thresh: float = 0.95,
+    stability_score_offset: float = 1.0,
+    box_nms_thresh: float = 0.7,
+    crop_n_layers: int = 0,
+    crop_nms_thresh: float = 0.7,
+    crop_overlap_ratio: float = 512 / 1500,
+    crop_n_points_downscale_factor: int = 1,
+    min_mask_region_area: int = 0,
+    progress: bool = False,
+) -> Instances:
+    """All objects in ``image`` (anything :func:`unisam.images.load_image` accepts) as Instances sorted
+    by predicted IoU (``scores``), boxes inclusive xyxy. Parameters and defaults are SAM's:
+
+    points_per_side: grid points per side of each crop (layer i uses
+    ``points_per_side // crop_n_points_downscale_factor**i``). points_per_batch: points decoded at once.
+    pred_iou_thresh: keep masks with predicted IoU above this. stability_score_thresh /
+    stability_score_offset: keep masks whose area ratio at logit cut-offs ``+offset`` / ``-offset`` is at
+    least this. box_nms_thresh: box-IoU NMS within a crop. crop_n_layers: layers of crops (layer i has
+    ``(2**i)**2`` crops) besides the whole image; crop_nms_thresh: NMS across crops (smaller crops win);
+    crop_overlap_ratio: overlap of first-layer crops as a fraction of the short image side.
+    min_mask_region_area: if > 0, fill holes and remove islands smaller than this (pixels), then NMS
+    again preferring masks that needed no change. A threshold of 0 disables its filter; empty masks are
+    always dropped.
+    """
+    image = load_image(image)
+    if points_per_side < 1 or points_per_batch < 1:
+        raise ValueError("points_per_side and points_per_batch must be >= 1")
+    if crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
+        raise ValueError("crop_n_layers must be >= 0 and crop_n_points_downscale_factor >= 1")
+    if points_per_side // crop_n_points_downscale_factor**crop_n_layers < 1:
+        raise ValueError(
+            f"crop layer {crop_n_layers} would get no points: points_per_side={points_per_side} / "
+            f"crop_n_points_downscale_factor**crop_n_layers < 1; use fewer layers or a smaller factor"
+        )
+    height, width = image.shape[:2]
+    grids = build_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
+    crop_boxes, layer_idxs = generate_crop_boxes((height, width), crop_n_layers, crop_overlap_ratio)
+    settings = _Settings(
+        points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset, (width, height)
+    )
+
+    total = sum(math.ceil(len(grids[i]) / points_per_batch) for i in layer_idxs)
+    found = _Candidates()
+    with tqdm(total=total, desc="segment everything", unit="batch", disable=not progress) as bar:
+        for crop_box, layer in zip(crop_boxes, layer_idxs):
+            part = _process_crop(image, crop_box, grids[layer], predictor, settings, bar)
+            found.extend(part.select(nms(part.boxes, part.scores, box_nms_thresh)))
+    if len(crop_boxes) > 1 and len(found.scores):
+        prefer_small = 1.0 / found.crop_areas
+        found = found.select(nms(found.boxes, prefer_small, crop_nms_thresh))
+
+    found = found.select(np.argsort(-found.scores, kind="stable"))  # ties below favour higher IoU
+    masks, boxes, scores = found.to_full_masks((height, width)), found.boxes, found.scores
+    if min_mask_region_area > 0 and len(scores):
+        masks, boxes, keep = _clean_small_regions(masks, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh))
+        masks, boxes, scores = masks[keep], boxes[keep], scores[keep]
+    order = np.argsort(-scores, kind="stable")
+    return Instances(masks=masks[order], boxes=boxes[order], scores=scores[order])
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """``(n*n, 2)`` points ``(x, y)`` in [0, 1]: cell centres ``(i + 0.5) / n``, x varying fastest."""
+    half_cell = 1 / (2 * n_per_side)
+    side = np.linspace(half_cell, 1 - half_cell, n_per_side)
+    xs, ys = np.meshgrid(side, side)
+    return np.stack([xs.ravel(), ys.ravel()], axis=-1)
+
+
+def build_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list[np.ndarray]:
+    """One normalised grid per crop layer; layer i has ``int(n_per_side / scale_per_layer**i)`` points a side."""
+    return [build_point_grid(int(n_per_side / scale_per_layer**i)) for i in range(n_layers + 1)]
+
+
+def generate_crop_boxes(
+    image_size: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+    """Crop boxes ``(x0, y0, x1, y1)`` (x1, y1 exclusive) and their layer indices: the whole image (layer 0),
+    then for layer i = 1..n_layers a ``2**i x 2**i`` grid of crops overlapping by
+    ``int(overlap_ratio * short_side * 2 / 2**i)`` pixels (SAM's layout, x-major order)."""
+    height, width = image_size
+    boxes: list[tuple[int, int, int, int]] = [(0, 0, width, height)]
+    layers = [0]
+    for layer in range(1, n_layers + 1):
+        n = 2**layer
+        overlap = int(overlap_ratio * min(height, width) * (2 / n))
+        crop_w = math.ceil((overlap * (n - 1) + width) / n)
+        crop_h = math.ceil((overlap * (n - 1) + height) / n)
+        for i in range(n):
+            x0 = (crop_w - overlap) * i
+            for j in range(n):
+                y0 = (crop_h - overlap) * j
+                boxes.append((x0, y0, min(x0 + crop_w, width), min(y0 + crop_h, height)))
+                layers.append(layer)
+    return boxes, layers
+
+
+def stability_score(logits: np.ndarray, offset: float, threshold: float = 0.0) -> np.ndarray:
+    """``(..., H, W)`` logits -> ``(...)`` float32: area above ``threshold + offset`` divided by area above
+    ``threshold - offset`` (the IoU of the two nested masks); 0 where the larger mask is empty."""
+    inner = np.count_nonzero(logits > threshold + offset, axis=(-2, -1))
+    outer = np.count_nonzero(logits > threshold - offset, axis=(-2, -1))
+    return np.where(outer > 0, inner / np.maximum(outer, 1), 0.0).astype(np.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(N, 4)`` x ``(M, 4)`` xyxy boxes -> ``(N, M)`` IoU, areas ``(x2 - x1) * (y2 - y1)`` as in
+    torchvision; 0 where the union is empty."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression: indices ``(K,)`` int64 of the kept boxes, best score first. A box is
+    dropped when its IoU with a kept, higher-scoring box exceeds ``iou_threshold``; equal scores keep
+    the earlier box first."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    keep = []
+    while order.size:
+        best = order[0]
+        keep.append(best)
+        rest = order[1:]
+        order = rest[box_iou(boxes[best : best + 1], boxes[rest])[0] <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def is_box_near_crop_edge(
+    boxes: np.ndarray,
+    crop_box: tuple[int, int, int, int],
+    image_box: tuple[int, int, int, int],
+    atol: float = CROP_EDGE_TOLERANCE,
+) -> np.ndarray:
+    """``(N, 4)`` boxes in image coordinates -> ``(N,)`` bool: some side lies within ``atol`` pixels of the
+    crop's matching side, where that side is not also the image's."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    near_crop = np.abs(boxes - np.asarray(crop_box, dtype=np.float64)) <= atol
+    near_image = np.abs(boxes - np.asarray(image_box, dtype=np.float64)) <= atol
+    return np.any(near_crop & ~near_image, axis=1)
+
+
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tuple[np.ndarray, bool]:
+    """Fill holes (``mode="holes"``) or drop islands (``mode="islands"``) smaller than ``area_thresh``
+    pixels (8-connected) in an ``(H, W)`` bool mask; islands keeps the largest if all are small.
+    Returns the mask and whether it changed."""
+    if mode not in ("holes", "islands"):
+        raise ValueError(f"mode must be 'holes' or 'islands', got {mode!r}")
+    fill_holes = mode == "holes"
+    labels, n = ndimage.label(~mask if fill_holes else mask, structure=_CONNECTIVITY_8)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    small = np.flatnonzero(sizes < area_thresh) + 1
+    if small.size == 0:
+        return mask, False
+    if fill_holes:
+        return mask | np.isin(labels, small), True
+    keep = np.setdiff1d(np.arange(1, n + 1), small)
+    if keep.size == 0:
+        keep = np.array([int(np.argmax(sizes)) + 1])
+    return np.isin(labels, keep), True
+
+
+@dataclass(frozen=True)
+class _Settings:
+    points_per_batch: int
+    pred_iou_thresh: float
+    stability_score_thresh: float
+    stability_score_offset: float
+    image_wh: tuple[int, int]
+
+
+@dataclass
+class _Candidates:
+    """Masks kept so far, each stored cropped to its box: boxes ``(N, 4)`` inclusive image coordinates."""
+
+    pieces: list[np.ndarray] = field(default_factory=list)
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.float32))
+    crop_areas: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.float64))
+
+    def extend(self, other: _Candidates) -> None:
+        self.pieces.extend(other.pieces)
+        self.boxes = np.concatenate([self.boxes, other.boxes])
+        self.scores = np.concatenate([self.scores, other.scores])
+        self.crop_areas = np.concatenate([self.crop_areas, other.crop_areas])
+
+    def select(self, index: np.ndarray) -> _Candidates:
+        pieces = [self.pieces[i] for i in index]
+        return _Candidates(pieces, self.boxes[index], self.scores[index], self.crop_areas[index])
+
+    def to_full_masks(self, image_size: tuple[int, int]) -> np.ndarray:
+        """``(N, H, W)`` bool: each piece placed at its box."""
+        masks = np.zeros((len(self.pieces), *image_size), dtype=bool)
+        for mask, piece, (x1, y1, _, _) in zip(masks, self.pieces, self.boxes.astype(np.int64)):
+            mask[y1 : y1 + piece.shape[0], x1 : x1 + piece.shape[1]] = piece
+        return masks
+
+
+def _process_crop(
+    image: np.ndarray,
+    crop_box: tuple[int, int, int, int],
+    grid: np.ndarray,
+    predictor: MaskPredictor,
+    settings: _Settings,
+    bar: tqdm,
+) -> _Candidates:
+    """Candidates from one crop, after IoU, stability and crop-edge filtering (before NMS)."""
+    x0, y0, x1, y1 = crop_box
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+    crop_h, crop_w = crop.shape[:2]
+    embedding = predictor.embed(crop)
+    points = (grid * np.array([crop_w, crop_h])).astype(np.float32)
+    chunk = max(1, UPSCALE_CHUNK_BYTES // (crop_h * crop_w * 4))
+    width, height = settings.image_wh
+    offset = np.array([x0, y0, x0, y0], dtype=np.float32)
+    out = _Candidates()
+    for start in range(0, len(points), settings.points_per_batch):
+        batch = points[start : start + settings.points_per_batch]
+        coords = batch[:, None, :]
+        labels = np.ones((len(batch), 1), dtype=np.float32)
+        low_res, iou = predictor.decode(embedding, coords, labels, multimask=True)
+        if low_res.ndim != 4 or low_res.shape[0] != len(batch) or iou.shape != low_res.shape[:2]:
+            raise ValueError(
+                f"predictor.decode returned logits {low_res.shape} and IoU {iou.shape}; expected "
+                f"({len(batch)}, K, h, w) and ({len(batch)}, K)"
+            )
+        low_res = low_res.reshape(-1, *low_res.shape[2:])
+        iou = iou.reshape(-1).astype(np.float32)
+        survivors = np.arange(len(iou))
+        if settings.pred_iou_thresh > 0:  # cheap: no mask needed yet
+            survivors = survivors[iou > settings.pred_iou_thresh]
+        for c in range(0, len(survivors), chunk):
+            idx = survivors[c : c + chunk]
+            logits = predictor.upscale(embedding, low_res[idx])
+            if logits.shape != (len(idx), crop_h, crop_w):
+                raise ValueError(f"predictor.upscale returned {logits.shape}, expected {(len(idx), crop_h, crop_w)}")
+            stable = stability_score(logits, settings.stability_score_offset)
+            masks = logits > 0
+            del logits
+            keep = masks.any(axis=(1, 2))
+            if settings.stability_score_thresh > 0:
+                keep &= stable >= settings.stability_score_thresh
+            masks, idx = masks[keep], idx[keep]
+            boxes = masks_to_boxes(masks) + offset
+            inside = ~is_box_near_crop_edge(boxes, crop_box, (0, 0, width, height))
+            local = (boxes[inside] - offset).astype(np.int64)
+            pieces = [m[b[1] : b[3] + 1, b[0] : b[2] + 1].copy() for m, b in zip(masks[inside], local)]
+            area = float((x1 - x0) * (y1 - y0))
+            out.extend(_Candidates(pieces, boxes[inside], iou[idx[inside]], np.full(len(pieces), area)))
+        bar.update(1)
+    return out
+
+
+def _clean_small_regions(
+    masks: np.ndarray, min_area: int, nms_thresh: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fill small holes and drop small islands of each ``(N, H, W)`` mask, then NMS preferring unchanged
+    masks. Returns the new masks, their boxes and the kept indices (best first)."""
+    cleaned = np.empty_like(masks)
+    unchanged = np.empty(len(masks), dtype=np.float64)
+    for i, mask in enumerate(masks):
+        mask, holes_changed = remove_small_regions(mask, min_area, "holes")
+        mask, islands_changed = remove_small_regions(mask, min_area, "islands")
+        cleaned[i] = mask
+        unchanged[i] = float(not (holes_changed or islands_changed))
+    boxes = masks_to_boxes(cleaned)
+    return cleaned, boxes, nms(boxes, unchanged, nms_thresh)
