@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+ONNX_FORMAT = "unisam-onnx-v1"  # the "format" of a model.json written by `unisam export`
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
@@ -121,3 +122,108 @@ def get_card(name: str) -> ModelCard:
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+_EDGESAM_SPACE = "https://huggingface.co/spaces/chongzhou/EdgeSAM/resolve/main/weights/"
+_SAM_BUCKET = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+register(
+    ModelCard(
+        name="edgesam",
+        arch=EDGE_SAM,
+        description="EdgeSAM (RepViT-M1 encoder distilled from SAM ViT-H), official checkpoint",
+        checkpoint=WeightFile(
+            "edge_sam.pth",
+            _EDGESAM_SPACE + "edge_sam.pth",
+            "439b086a20ab6fba90c12cba32e0001ba3aa726da5791ff8738acdd440330991",
+            38807540,
+        ),
+    )
+)
+register(
+    ModelCard(
+        name="edgesam-3x",
+        arch=EDGE_SAM,
+        description="EdgeSAM trained 3x longer (better masks, same speed), official checkpoint",
+        checkpoint=WeightFile(
+            "edge_sam_3x.pth",
+            _EDGESAM_SPACE + "edge_sam_3x.pth",
+            "5a3e3261da9e2f4c8154410885689ae57d09cbf4cf5d0c848b9d80b6df336ece",
+            38807540,
+        ),
+    )
+)
+register(
+    ModelCard(
+        name="edgesam-3x-onnx",
+        arch=EDGE_SAM,
+        description="EdgeSAM-3x as published in ONNX by its authors (no torch needed; no mask-input refinement)",
+        onnx=(
+            WeightFile(
+                "edge_sam_3x_encoder.onnx",
+                _EDGESAM_SPACE + "edge_sam_3x_encoder.onnx",
+                "719a498cf5b3fe9be9f01ee513e13d3915f9028aa4f23dfd30eaaa0a17143159",
+                22098300,
+            ),
+            WeightFile(
+                "edge_sam_3x_decoder.onnx",
+                _EDGESAM_SPACE + "edge_sam_3x_decoder.onnx",
+                "83a2174d54571596913dcb7455d021e713623c3dca30a31c8c41ab98c9fb0863",
+                15937006,
+            ),
+        ),
+    )
+)
+register(
+    ModelCard(
+        name="sam-vit-b",
+        arch=SAM_VIT_B,
+        description="SAM ViT-B (Meta), official checkpoint; the distillation teacher of choice on a CPU",
+        checkpoint=WeightFile(
+            "sam_vit_b_01ec64.pth",
+            _SAM_BUCKET + "sam_vit_b_01ec64.pth",
+            "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+            375042383,
+        ),
+    )
+)
+register(
+    ModelCard(
+        name="sam-vit-l",
+        arch=SAM_VIT_L,
+        description="SAM ViT-L (Meta), official checkpoint",
+        checkpoint=WeightFile(
+            "sam_vit_l_0b3195.pth",
+            _SAM_BUCKET + "sam_vit_l_0b3195.pth",
+            "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+            1249524607,
+        ),
+    )
+)
+register(
+    ModelCard(
+        name="sam-vit-h",
+        arch=SAM_VIT_H,
+        description="SAM ViT-H (Meta), official checkpoint; EdgeSAM's teacher",
+        checkpoint=WeightFile(
+            "sam_vit_h_4b8939.pth",
+            _SAM_BUCKET + "sam_vit_h_4b8939.pth",
+            "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+            2564550879,
+        ),
+    )
+)
+register(
+    ModelCard(
+        name="mobilesam",
+        arch=MOBILE_SAM,
+        description="MobileSAM (TinyViT-5M encoder), official checkpoint",
+        checkpoint=WeightFile(
+            "mobile_sam.pt",
+            "https://raw.githubusercontent.com/ChaoningZhang/MobileSAM/"
+            "f706ad9c4eb7f219c00d9050e46328518ffb65d2/weights/mobile_sam.pt",
+            "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+            40728226,
+        ),
+    )
+)

@@ -1,0 +1,184 @@
+"""The ``unisam`` command: segment, everything, export, weights list/pull."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import api
+from .registry import get_card, list_models
+from .weights import WeightsNotFoundError, cache_dir, resolve_weight
+
+
+def _xy(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected X,Y (pixels), got {text!r}")
+    return float(parts[0]), float(parts[1])
+
+
+def _box(text: str) -> tuple[float, float, float, float]:
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"expected X1,Y1,X2,Y2 (pixels), got {text!r}")
+    return tuple(float(p) for p in parts)  # type: ignore[return-value]
+
+
+def _check_out(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _model(args) -> api.Predictor:
+    return api.load_model(args.model, weights=args.weights, download=args.download)
+
+
+def cmd_segment(args) -> None:
+    out = Path(args.out)
+    _check_out(out, args.overwrite)
+    points = list(args.point) + list(args.negative)
+    labels = [1] * len(args.point) + [0] * len(args.negative)
+    result = api.segment(
+        args.image,
+        points=points or None,
+        labels=labels or None,
+        box=args.box,
+        model=_model(args),
+        multimask=args.multimask,
+    )
+    Image.fromarray(result.masks[0].astype(np.uint8) * 255).save(out)
+    x1, y1, x2, y2 = (float(v) for v in result.boxes[0])
+    print(
+        f"wrote {out}: mask area {int(result.masks[0].sum())} px, box ({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}), "
+        f"predicted IoU {float(result.scores[0]):.3f}"
+    )
+
+
+def cmd_everything(args) -> None:
+    out = Path(args.out)
+    _check_out(out, args.overwrite)
+    if args.rle:
+        _check_out(Path(args.rle), args.overwrite)
+    result = api.segment_everything(
+        args.image,
+        model=_model(args),
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        crop_n_layers=args.crop_layers,
+        min_mask_region_area=args.min_area,
+        progress=True,
+    )
+    labels = result.to_label_image()
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+    Image.fromarray(labels.astype(dtype)).save(out)
+    if args.rle:
+        records = [
+            {"segmentation": rle, "bbox_xyxy": [float(v) for v in box], "score": float(score)}
+            for rle, box, score in zip(result.to_rle(), result.boxes, result.scores)
+        ]
+        Path(args.rle).write_text(json.dumps(records))
+    print(f"wrote {out}: {len(result)} instances (label image, 0 = background)")
+
+
+def cmd_export(args) -> None:
+    card = get_card(args.model)
+    out = Path(args.out)
+    if (out / "model.json").exists() and not args.overwrite:
+        raise ValueError(f"{out} already holds an export; pass --overwrite to replace it")
+    if card.checkpoint is None:
+        raise ValueError(f"model {card.name!r} is published as ONNX already; nothing to export")
+    checkpoint = resolve_weight(card.checkpoint, path=args.checkpoint, download=args.download, model=card.name)
+    api.export_checkpoint(card, checkpoint, out)
+    print(f"exported {card.name} to {out} (encoder.onnx, decoder.onnx, model.json)")
+
+
+def cmd_weights_list(args) -> None:
+    print(f"cache directory: {cache_dir()}")
+    for name in list_models():
+        card = get_card(name)
+        files = [card.checkpoint] if card.checkpoint else list(card.onnx or ())
+        present = all((cache_dir() / f.filename).is_file() for f in files)
+        size = sum(f.size for f in files) / 1e6
+        mark = "cached " if present else "missing"
+        print(f"  {name:<16} {mark} {size:8.1f} MB  {card.description}")
+
+
+def cmd_weights_pull(args) -> None:
+    card = get_card(args.model)
+    files = [card.checkpoint] if card.checkpoint else list(card.onnx or ())
+    for f in files:
+        path = resolve_weight(f, download=True, model=card.name)
+        print(f"{card.name}: {path} (sha256 verified)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unisam", description="Promptable segmentation (EdgeSAM family).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p):
+        p.add_argument("--model", default=None, help=f"registered model name (default {api.DEFAULT_MODEL})")
+        p.add_argument("--weights", default=None, help="checkpoint file or `unisam export` directory")
+        p.add_argument("--download", action="store_true", help="download missing official weights")
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+    p = sub.add_parser("segment", help="segment one object from clicks and/or a box; write a mask PNG")
+    p.add_argument("image")
+    p.add_argument("--point", type=_xy, action="append", default=[], metavar="X,Y", help="foreground click")
+    p.add_argument("--negative", type=_xy, action="append", default=[], metavar="X,Y", help="background click")
+    p.add_argument("--box", type=_box, default=None, metavar="X1,Y1,X2,Y2")
+    p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
+                   help="pick the best of 3 candidate masks (default: only for a single click)")
+    p.add_argument("--out", required=True, help="output mask PNG (0/255)")
+    model_args(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("everything", help="automatic masks for the whole image; write a label PNG")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="output label image PNG (0 = background)")
+    p.add_argument("--rle", default=None, help="also write instances as COCO RLE JSON")
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--stability-score-thresh", type=float, default=0.95)
+    p.add_argument("--crop-layers", type=int, default=0)
+    p.add_argument("--min-area", type=int, default=0, help="remove regions and holes smaller than this (px)")
+    model_args(p)
+    p.set_defaults(func=cmd_everything)
+
+    p = sub.add_parser("export", help="export a registered model's checkpoint to ONNX (needs torch)")
+    p.add_argument("model")
+    p.add_argument("--checkpoint", default=None, help="official checkpoint file (else the cache)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("weights", help="list or download official weights")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    wsub.add_parser("list", help="registered models and whether their files are cached").set_defaults(
+        func=cmd_weights_list
+    )
+    pull = wsub.add_parser("pull", help="download a model's files into the cache (sha256-verified)")
+    pull.add_argument("model")
+    pull.set_defaults(func=cmd_weights_pull)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, WeightsNotFoundError, ImportError, OSError) as exc:
+        print(f"unisam: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""SAM's mask decoder: output tokens + prompt tokens through the two-way transformer, then masks.
+
+Parameter names and shapes match ``segment_anything`` / EdgeSAM (``mask_decoder.*`` keys). The decoder
+always computes ``num_multimask_outputs + 1`` masks: index 0 is the single-mask output, 1.. the
+multimask outputs; ``select_outputs`` picks 1, 3 (multimask) or 4 (all) of them as EdgeSAM does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .prompt_encoder import LayerNorm2d
+from .transformer import TwoWayTransformer
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class MaskDecoder(nn.Module):
+    def __init__(
+        self,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All outputs for B prompts.
+
+        ``image_embeddings (B or 1, C, h, w)``, ``image_pe (1, C, h, w)``, ``sparse_prompt_embeddings
+        (B, T, C)``, ``dense_prompt_embeddings (B or 1, C, h or 1, w or 1)`` -> mask logits
+        ``(B, K, 4h, 4w)`` and predicted IoU ``(B, K)`` with ``K = num_multimask_outputs + 1``.
+        """
+        bs = sparse_prompt_embeddings.shape[0]
+        h, w = image_embeddings.shape[-2:]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.expand(bs, -1, -1), sparse_prompt_embeddings], dim=1)
+
+        src = image_embeddings + dense_prompt_embeddings
+        hs, src = self.transformer(src, image_pe, tokens)
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
+
+        src = src.transpose(1, 2).unflatten(2, (h, w)).expand(bs, -1, -1, -1)
+        upscaled = self.output_upscaling(src)  # (B, C/8, 4h, 4w)
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )  # (B, K, C/8)
+        masks = (hyper_in @ upscaled.flatten(2)).unflatten(2, upscaled.shape[-2:])
+        return masks, self.iou_prediction_head(iou_token_out)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        num_outputs: int = 3,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`predict_masks`, keeping ``num_outputs`` (1, 3 or 4) of the outputs."""
+        masks, iou = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        keep = self.select_outputs(num_outputs)
+        return masks[:, keep], iou[:, keep]
+
+    def select_outputs(self, num_outputs: int) -> slice:
+        """Output indices for 1 (single mask), ``num_multimask_outputs`` (multimask) or all outputs."""
+        if num_outputs == 1:
+            return slice(0, 1)
+        if num_outputs == self.num_multimask_outputs:
+            return slice(1, None)
+        if num_outputs == self.num_mask_tokens:
+            return slice(0, None)
+        raise ValueError(
+            f"num_outputs must be 1, {self.num_multimask_outputs} or {self.num_mask_tokens}, got {num_outputs}"
+        )

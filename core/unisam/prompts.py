@@ -1,0 +1,95 @@
+"""Prompts (points, box, previous mask) and their validation against an image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One object to segment, in original-image pixel coordinates.
+
+    points: (N, 2) float xy; labels: (N,) 1 = foreground click, 0 = background click;
+    box: (4,) float x1, y1, x2, y2; mask: (s, s) low-res logits returned by a previous prediction
+    (iterative refinement); label: a class name carried through to the result.
+    """
+
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    label: str | None = None
+
+    @property
+    def num_points(self) -> int:
+        return 0 if self.points is None else len(self.points)
+
+    @property
+    def is_single_point(self) -> bool:
+        """True for the ambiguous case (one click, no box, no mask) where multimask output helps."""
+        return self.num_points == 1 and self.box is None and self.mask is None
+
+
+def make_prompt(
+    points=None, labels=None, box=None, mask=None, label: str | None = None, *, image_size: tuple[int, int]
+) -> Prompt:
+    """Validate raw prompt values against an image of ``image_size`` = (H, W); return a :class:`Prompt`.
+
+    Points must lie inside the image (0 <= x <= W, 0 <= y <= H); labels default to all-foreground;
+    a box must have x1 < x2, y1 < y2 and overlap the image (it is clipped to the image).
+    Raises ``ValueError`` with a message that names the problem.
+    """
+    height, width = image_size
+    pts = lbl = bx = msk = None
+    if points is not None:
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.size == 0:
+            pts = None
+        else:
+            pts = pts.reshape(-1, 2) if pts.ndim == 1 and pts.size == 2 else pts
+            if pts.ndim != 2 or pts.shape[1] != 2:
+                raise ValueError(f"points must have shape (N, 2) as x, y pixels; got {np.shape(points)}")
+            if not np.isfinite(pts).all():
+                raise ValueError("points contain NaN or infinite values")
+            outside = (pts[:, 0] < 0) | (pts[:, 0] > width) | (pts[:, 1] < 0) | (pts[:, 1] > height)
+            if outside.any():
+                bad = pts[outside][0]
+                raise ValueError(
+                    f"point ({bad[0]:g}, {bad[1]:g}) is outside the image (width {width}, height {height}); "
+                    "points are x, y pixel coordinates"
+                )
+    if pts is not None:
+        if labels is None:
+            lbl = np.ones(len(pts), dtype=np.float64)
+        else:
+            lbl = np.asarray(labels, dtype=np.float64).reshape(-1)
+            if len(lbl) != len(pts):
+                raise ValueError(f"got {len(pts)} points but {len(lbl)} point labels")
+            if not np.isin(lbl, (0, 1)).all():
+                raise ValueError(f"point labels must be 1 (foreground) or 0 (background); got {np.unique(lbl)}")
+    elif labels is not None and np.size(labels) > 0:
+        raise ValueError("point labels were given without points")
+    if box is not None:
+        bx = np.asarray(box, dtype=np.float64).reshape(-1)
+        if bx.shape != (4,):
+            raise ValueError(f"box must be 4 numbers x1, y1, x2, y2; got shape {np.shape(box)}")
+        if not np.isfinite(bx).all():
+            raise ValueError("box contains NaN or infinite values")
+        x1, y1, x2, y2 = bx
+        if x2 <= x1 or y2 <= y1:
+            raise ValueError(f"box must satisfy x1 < x2 and y1 < y2 (x1, y1, x2, y2 order); got {bx.tolist()}")
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            raise ValueError(f"box {bx.tolist()} lies outside the image (width {width}, height {height})")
+        bx = np.array([max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)])
+    if mask is not None:
+        msk = np.asarray(mask, dtype=np.float32)
+        msk = msk.reshape(msk.shape[-2:]) if msk.ndim > 2 and np.prod(msk.shape[:-2]) == 1 else msk
+        if msk.ndim != 2 or msk.shape[0] != msk.shape[1]:
+            raise ValueError(f"mask prompt must be the (s, s) low-res logits of a prediction; got {np.shape(mask)}")
+        if not np.isfinite(msk).all():
+            raise ValueError("mask prompt contains NaN or infinite values")
+    if pts is None and bx is None and msk is None:
+        raise ValueError("empty prompt: give at least one point, a box or a mask")
+    return Prompt(points=pts, labels=lbl, box=bx, mask=msk, label=label)

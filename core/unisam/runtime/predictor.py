@@ -1,0 +1,240 @@
+"""The ONNX Runtime predictor: embed an image once, then decode prompts against it quickly."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..images import image_digest, load_image
+from ..prompts import Prompt, make_prompt
+from ..registry import ArchSpec
+from .cache import DiskEmbeddingCache, Embedding, EmbeddingCache
+from .session import Upscaler, create_session
+from .transforms import normalize_and_pad, resize_longest_side, scale_boxes, scale_coords
+
+# Point labels understood by SAM's decoder.
+PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1.0, 0.0, 1.0, 2.0, 3.0
+
+UNISAM_DECODER_INPUTS = {"image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"}
+EDGESAM_DECODER_INPUTS = {"image_embeddings", "point_coords", "point_labels"}
+
+
+@dataclass
+class Prediction:
+    """Result of one prompt.
+
+    masks: (K, H, W) bool at the original image size; scores: (K,) predicted IoU;
+    low_res_logits: (K, s, s) float32 logits, s = image_size / 4 (feed one back as ``mask_input``).
+    K = 3 with multimask output, else 1.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+    @property
+    def best(self) -> int:
+        """Index of the mask with the highest predicted IoU."""
+        return int(np.argmax(self.scores))
+
+
+class Predictor:
+    """SAM-family model on ONNX Runtime: ``embed(image)`` once, ``predict(embedding, ...)`` per click.
+
+    The encoder graph maps a normalised, zero-padded (1, 3, S, S) image to (1, C, S/16, S/16)
+    features. Two decoder flavours are accepted, told apart by their input names: unisam's export
+    (points + box corners + optional mask input -> all 4 mask outputs) and the official EdgeSAM
+    ONNX decoder (points + box corners -> masks, no mask input).
+    """
+
+    def __init__(
+        self,
+        encoder: str | Path,
+        decoder: str | Path,
+        spec: ArchSpec,
+        model_id: str,
+        *,
+        name: str | None = None,
+        threads: int | None = None,
+        cache: EmbeddingCache | None = None,
+        disk_cache: DiskEmbeddingCache | None = None,
+    ):
+        self.spec = spec
+        self.model_id = model_id
+        self.name = name or model_id
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.disk_cache = disk_cache
+        self._encoder = create_session(encoder, threads)
+        self._decoder = create_session(decoder, threads)
+        self._upscale = Upscaler(threads)
+        self._encode_lock = threading.Lock()
+        self.encoder_runs = 0  # how often the image encoder actually ran (cache misses)
+        inputs = {i.name for i in self._decoder.get_inputs()}
+        if inputs == UNISAM_DECODER_INPUTS:
+            self.accepts_mask_input = True
+        elif inputs == EDGESAM_DECODER_INPUTS:
+            self.accepts_mask_input = False
+        else:
+            raise ValueError(f"{decoder}: not a SAM decoder this runtime knows (inputs {sorted(inputs)})")
+        self._decoder_outputs = [o.name for o in self._decoder.get_outputs()]
+
+    # ------------------------------------------------------------------ image side
+    def embed(self, image) -> Embedding:
+        """Image features for ``image`` (path, PIL image or array; see :func:`unisam.images.load_image`).
+
+        Looked up in the memory cache, then the disk cache, by image content and model; the encoder
+        runs only on a miss, and at most once at a time (concurrent callers wait for the result).
+        """
+        array = load_image(image)
+        digest = image_digest(array)
+        cached = self._cached(digest)
+        if cached is not None:
+            return cached
+        with self._encode_lock:
+            cached = self._cached(digest)
+            if cached is not None:
+                return cached
+            size = self.spec.image_size
+            resized = resize_longest_side(array, size)
+            tensor = normalize_and_pad(resized, size, self.spec.pixel_mean, self.spec.pixel_std)
+            features = self._encoder.run(None, {"image": tensor})[0]
+            self.encoder_runs += 1
+            embedding = Embedding(
+                features=features,
+                original_size=(array.shape[0], array.shape[1]),
+                input_size=(resized.shape[0], resized.shape[1]),
+                model_id=self.model_id,
+                image_digest=digest,
+                extras={},
+            )
+            self.cache.put(self.model_id, digest, embedding)
+            if self.disk_cache is not None:
+                self.disk_cache.put(embedding)
+            return embedding
+
+    def _cached(self, digest: str) -> Embedding | None:
+        hit = self.cache.get(self.model_id, digest)
+        if hit is None and self.disk_cache is not None:
+            hit = self.disk_cache.get(self.model_id, digest)
+            if hit is not None:
+                self.cache.put(self.model_id, digest, hit)
+        return hit
+
+    # ------------------------------------------------------------------ prompt side
+    def predict(
+        self,
+        embedding: Embedding,
+        points=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask: bool = True,
+    ) -> Prediction:
+        """Masks for one prompt. Coordinates are original-image pixels (x, y); ``point_labels`` 1 =
+        foreground, 0 = background; ``box`` = x1, y1, x2, y2; ``mask_input`` = low-res logits of an
+        earlier prediction. Returns 3 masks with ``multimask`` (best = highest score), else 1."""
+        prompt = make_prompt(points, point_labels, box, mask_input, image_size=embedding.original_size)
+        return self.predict_prompts(embedding, [prompt], multimask=multimask)[0]
+
+    def predict_prompts(
+        self, embedding: Embedding, prompts: Sequence[Prompt], multimask: bool | Sequence[bool] = True
+    ) -> list[Prediction]:
+        """Predictions for many validated prompts on one image, in order.
+
+        Prompts with the same number of points, box presence and mask presence go to the decoder
+        in one batched call (no padding tokens are added, so results equal one-by-one calls).
+        """
+        flags = [multimask] * len(prompts) if isinstance(multimask, bool) else list(multimask)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault((p.num_points, p.box is not None, p.mask is not None), []).append(i)
+        results: list[Prediction | None] = [None] * len(prompts)
+        for (_, has_box, has_mask), idx in groups.items():
+            coords, labels = self._encode_points([prompts[i] for i in idx], embedding, has_box)
+            masks_in = np.stack([prompts[i].mask for i in idx]) if has_mask else None
+            low_res, iou = self._run_decoder(embedding, coords, labels, masks_in)
+            for row, i in enumerate(idx):
+                sel = slice(1, 4) if flags[i] and low_res.shape[1] == 4 else slice(0, 1)
+                logits = low_res[row, sel]
+                masks = self.upscale(embedding, logits) > 0
+                results[i] = Prediction(masks=masks, scores=iou[row, sel], low_res_logits=logits)
+        return results  # type: ignore[return-value]
+
+    def decode(
+        self, embedding: Embedding, point_coords: np.ndarray, point_labels: np.ndarray, multimask: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw batched decoding for point prompts (used by segment-everything).
+
+        point_coords: (B, N, 2) original-image pixels; point_labels: (B, N).
+        Returns low-res logits (B, K, s, s) and predicted IoU (B, K), K = 3 if multimask else 1.
+        """
+        coords = scale_coords(np.asarray(point_coords, np.float32), embedding.original_size, self.spec.image_size)
+        labels = np.asarray(point_labels, np.float32)
+        pad_xy = np.zeros((coords.shape[0], 1, 2), np.float32)
+        pad_label = np.full((labels.shape[0], 1), PAD, np.float32)
+        low_res, iou = self._run_decoder(
+            embedding, np.concatenate([coords, pad_xy], 1), np.concatenate([labels, pad_label], 1), None
+        )
+        sel = slice(1, 4) if multimask and low_res.shape[1] == 4 else slice(0, 1)
+        return low_res[:, sel], iou[:, sel]
+
+    def upscale(self, embedding: Embedding, low_res_logits: np.ndarray) -> np.ndarray:
+        """(M, s, s) low-res logits -> (M, H, W) float32 logits at the original image size."""
+        return self._upscale(low_res_logits, embedding.input_size, embedding.original_size)
+
+    # ------------------------------------------------------------------ internals
+    def _encode_points(
+        self, prompts: Sequence[Prompt], embedding: Embedding, has_box: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decoder point tokens (B, N', 2) in the model frame and labels (B, N'), SAM's layout:
+        clicks, then the box corners (labels 2, 3), or one padding point when there is no box."""
+        size, original = self.spec.image_size, embedding.original_size
+        coords, labels = [], []
+        for p in prompts:
+            c = [] if p.points is None else [scale_coords(p.points.astype(np.float32), original, size)]
+            lab = [] if p.labels is None else [p.labels.astype(np.float32)]
+            if has_box:
+                c.append(scale_boxes(p.box.astype(np.float32)[None], original, size).reshape(2, 2))
+                lab.append(np.array([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], np.float32))
+            else:
+                c.append(np.zeros((1, 2), np.float32))
+                lab.append(np.array([PAD], np.float32))
+            coords.append(np.concatenate(c))
+            labels.append(np.concatenate(lab))
+        return np.stack(coords).astype(np.float32), np.stack(labels).astype(np.float32)
+
+    def _run_decoder(
+        self, embedding: Embedding, coords: np.ndarray, labels: np.ndarray, masks_in: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run the decoder graph; returns low-res logits (B, K, s, s) and IoU (B, K)."""
+        if embedding.model_id != self.model_id:
+            raise ValueError(
+                f"this embedding was made by model {embedding.model_id!r}, not {self.model_id!r}; "
+                "embed the image with this model"
+            )
+        feeds = {"image_embeddings": embedding.features, "point_coords": coords, "point_labels": labels}
+        if self.accepts_mask_input:
+            s = self.spec.low_res_size
+            b = coords.shape[0]
+            if masks_in is None:
+                feeds["mask_input"] = np.zeros((b, 1, s, s), np.float32)
+                feeds["has_mask_input"] = np.zeros((b,), np.float32)
+            else:
+                if masks_in.shape[-2:] != (s, s):
+                    raise ValueError(f"mask input must be ({s}, {s}) low-res logits; got {masks_in.shape[-2:]}")
+                feeds["mask_input"] = masks_in.reshape(b, 1, s, s).astype(np.float32)
+                feeds["has_mask_input"] = np.ones((b,), np.float32)
+        elif masks_in is not None:
+            raise ValueError(
+                "this decoder (the official EdgeSAM ONNX export) takes no mask input; "
+                "refine with more points instead, or use a unisam-exported model"
+            )
+        out = dict(zip(self._decoder_outputs, self._decoder.run(None, feeds)))
+        if self.accepts_mask_input:
+            return out["low_res_masks"], out["iou_predictions"]
+        return out["masks"], out["scores"]
+
