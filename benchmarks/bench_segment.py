@@ -67,18 +67,23 @@ def export_random(spec, out: Path, seed: int = 0):
 
 
 MEMORY_PROBE = """
-import resource, sys, numpy as np, unisam
+import sys, numpy as np, unisam
 model = unisam.load_model(weights=sys.argv[1], threads={threads})
 image = (np.random.default_rng(0).random(({h}, {w}, 3)) * 255).astype(np.uint8)
 emb = model.embed(image)
 for i in range(10):
     model.predict(emb, points=[[{w} * (i + 1) / 12, {h} / 2]], point_labels=[1], multimask=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = open("/proc/self/status").read()
+print(int(status.split("VmHWM:")[1].split()[0]) / 1024)
 """
 
 
 def peak_memory_mb(onnx_dir: Path, size: tuple[int, int], threads: int) -> float:
-    """Peak RSS (MB) of a fresh process that loads the model, embeds one image and runs 10 clicks."""
+    """Peak RSS (MB) of a fresh process that loads the model, embeds one image and runs 10 clicks.
+
+    Read from VmHWM: ``ru_maxrss`` would include this (torch-laden) parent's high-water mark, which
+    Linux carries across fork + exec.
+    """
     code = MEMORY_PROBE.format(h=size[0], w=size[1], threads=threads)
     out = subprocess.run([sys.executable, "-c", code, str(onnx_dir)], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

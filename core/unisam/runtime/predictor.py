@@ -68,7 +68,7 @@ class Predictor:
         self.name = name or model_id
         self.cache = cache if cache is not None else EmbeddingCache()
         self.disk_cache = disk_cache
-        self._encoder = create_session(encoder, threads)
+        self._encoder = create_session(encoder, threads, arena=False)
         self._decoder = create_session(decoder, threads)
         self._upscale = Upscaler(threads)
         self._encode_lock = threading.Lock()
