@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .prompt_encoder import LayerNorm2d
+from .common import LayerNorm2d
 from .transformer import TwoWayTransformer
 
 

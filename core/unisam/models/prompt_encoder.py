@@ -11,25 +11,11 @@ import math
 import torch
 from torch import nn
 
+from .common import LayerNorm2d
+
 # Point labels: -1 padding ("not a point"), 0 negative, 1 positive, 2 box top-left, 3 box bottom-right.
 PAD_LABEL = -1
 BOX_LABELS = (2.0, 3.0)
-
-
-class LayerNorm2d(nn.Module):
-    """Layer norm over the channel axis of a ``(B, C, H, W)`` tensor."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
 class PositionEmbeddingRandom(nn.Module):

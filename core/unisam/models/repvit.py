@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .vit import check_image, make_neck
+from .common import check_image, make_neck
 
 # One row per block: kernel size, expansion, output channels, squeeze-excite, hard-swish flag (the
 # official model uses GELU either way), stride.

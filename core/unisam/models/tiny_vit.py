@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .repvit import ConvBN
-from .vit import check_image, make_neck
+from .common import check_image, make_neck
 
 EMBED_DIMS = (64, 128, 160, 320)
 DEPTHS = (2, 2, 6, 2)
