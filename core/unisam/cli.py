@@ -1,4 +1,4 @@
-"""The ``unisam`` command: segment, everything, export, weights list/pull."""
+"""The ``unisam`` command: segment, everything, export, weights list/pull, train, distill, evaluate, recipe."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from PIL import Image
 
 from . import api
 from .registry import get_card, list_models
+from .train.commands import add_commands as add_training_commands
 from .weights import WeightsNotFoundError, cache_dir, resolve_weight
 
 
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     pull = wsub.add_parser("pull", help="download a model's files into the cache (sha256-verified)")
     pull.add_argument("model")
     pull.set_defaults(func=cmd_weights_pull)
+
+    add_training_commands(sub)  # train | distill | evaluate | recipe (torch extra)
     return parser
 
 

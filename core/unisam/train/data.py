@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from ..images import load_image
 from ..registry import PIXEL_MEAN, PIXEL_STD
 from ..runtime.transforms import normalize_and_pad, preprocess_shape, resize_longest_side
-from .synthetic import KINDS, SyntheticDataset
+from .synthetic import KINDS, Sample, SyntheticDataset
 
 
 @dataclass(frozen=True)
@@ -130,18 +130,69 @@ class SA1BSource:
 
 
 class SyntheticSource:
-    """:class:`~unisam.train.synthetic.SyntheticDataset` as a source: item ``i`` depends only on
-    ``(seed, i)``; images go through :func:`unisam.images.load_image` (uint16/grey -> RGB uint8)."""
+    """Synthetic images (:mod:`unisam.train.synthetic`) as a source.
 
-    def __init__(self, n: int, size: tuple[int, int] = (256, 256), seed: int = 0, kinds: Sequence[str] = KINDS):
-        self.data = SyntheticDataset(n, size, seed, kinds)
+    Item ``i`` has frame size ``sizes[i % len(sizes)]`` and depends only on ``(seed, i)``; kinds
+    cycle with ``i`` as in :class:`~unisam.train.synthetic.SyntheticDataset`. Several frame sizes
+    vary the object scale seen by a fixed-input model (microscopy objects have sizes in pixels).
+    Images go through :func:`unisam.images.load_image` (uint16 / grey -> RGB uint8), as at inference.
+    """
+
+    def __init__(self, n: int, sizes: Sequence[tuple[int, int]] = ((256, 256),), seed: int = 0,
+                 kinds: Sequence[str] = KINDS):
+        if not sizes:
+            raise ValueError("sizes must not be empty")
+        self.n = n
+        self.data = [SyntheticDataset(n, tuple(size), seed, kinds) for size in sizes]
 
     def __len__(self) -> int:
-        return len(self.data)
+        return self.n
+
+    def sample(self, index: int) -> Sample:
+        """The raw synthetic sample behind item ``index`` (image as a camera would store it)."""
+        return self.data[index % len(self.data)][index]
 
     def __getitem__(self, index: int) -> Item:
-        sample = self.data[index]
+        sample = self.sample(index)
         return Item(load_image(sample.image), sample.masks)
+
+
+class SimpleScenes:
+    """A warm-up curriculum: 1-5 flat-coloured ellipses and rectangles (occluding each other) on a
+    plain, slightly noisy background. Item ``i`` depends only on ``(seed, i)``.
+
+    Few, large, clearly separated objects let a decoder trained from scratch learn to localise the
+    prompted object quickly; the rich synthetic scenes follow once it does.
+    """
+
+    def __init__(self, n: int, size: tuple[int, int] = (256, 256), seed: int = 0):
+        self.n, self.size, self.seed = n, tuple(size), seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Item:
+        _check_index(index, self.n)
+        rng = np.random.default_rng([self.seed, index])
+        h, w = self.size
+        yy, xx = np.mgrid[:h, :w].astype(np.float32)
+        image = np.empty((h, w, 3), np.float32)
+        image[:] = rng.uniform(0, 255, 3)
+        label = np.zeros((h, w), np.int32)
+        count = int(rng.integers(1, 6))
+        for k in range(1, count + 1):
+            ry, rx = rng.uniform(0.06, 0.3, 2) * min(h, w)
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            a = rng.uniform(0, np.pi)
+            u = ((xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)) / rx
+            v = (-(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)) / ry
+            inside = (u * u + v * v < 1) if rng.random() < 0.6 else ((np.abs(u) < 1) & (np.abs(v) < 1))
+            label[inside] = k
+            image[inside] = rng.uniform(0, 255, 3)
+        image += rng.normal(0, rng.uniform(0, 12), image.shape).astype(np.float32)
+        ids = [k for k in range(1, count + 1) if (label == k).sum() >= 16]
+        masks = np.stack([label == k for k in ids]) if ids else np.zeros((0, h, w), bool)
+        return Item(np.clip(image, 0, 255).astype(np.uint8), masks)
 
 
 def open_source(
@@ -156,7 +207,9 @@ def open_source(
     square images of side ``size`` generated from ``seed``)."""
     given = [coco is not None, sa1b is not None, synthetic is not None]
     if sum(given) != 1:
-        raise ValueError("give exactly one dataset: a COCO JSON with its image folder, an SA-1B folder, or a synthetic count")
+        raise ValueError(
+            "give exactly one dataset: a COCO JSON with its image folder, an SA-1B folder, or a synthetic count"
+        )
     if coco is not None:
         if images is None:
             raise ValueError("a COCO dataset needs its image folder as well")
@@ -165,7 +218,7 @@ def open_source(
         return SA1BSource(sa1b)
     if synthetic <= 0:
         raise ValueError(f"the synthetic image count must be positive, got {synthetic}")
-    return SyntheticSource(synthetic, (size, size), seed)
+    return SyntheticSource(synthetic, ((size, size),), seed)
 
 
 @dataclass
@@ -192,7 +245,8 @@ def rescale_masks(masks: np.ndarray, image_size: int) -> torch.Tensor:
     out = torch.zeros((n, image_size, image_size), dtype=torch.bool)
     m = torch.from_numpy(np.ascontiguousarray(masks))
     if (new_h, new_w) != (h, w) and n:
-        resized = F.interpolate(m[:, None].float(), (new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        resized = F.interpolate(m[:, None].float(), (new_h, new_w), mode="bilinear", align_corners=False,
+                                antialias=True)
         m = resized[:, 0] >= 0.5
     out[:, :new_h, :new_w] = m
     return out

@@ -145,7 +145,7 @@ def decoder_distill_loss(
 
 def _dataset(source: Source, model: Sam, config: LoopConfig) -> PromptDataset:
     return PromptDataset(source, model.image_size, config.max_instances, config.seed,
-                         model.spec.pixel_mean, model.spec.pixel_std)
+                         model.spec.pixel_mean, model.spec.pixel_std, config.min_area)
 
 
 def distill_encoder(

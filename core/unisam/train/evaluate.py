@@ -162,16 +162,20 @@ def format_table(results: dict[str, dict[str, float]], title: str = "model") -> 
 
 
 def measure_latency(predictor: Predictor, source: Source, images: int = 5, prompts: int = 16) -> dict[str, float]:
-    """Median runtime latency in milliseconds: ``encoder`` per image (distinct images, so the
-    embedding cache never hits; the first run is a warm-up) and ``decoder`` per single-box prompt."""
+    """Median runtime latency in milliseconds: ``encoder`` per image (the first ``images + 1`` images
+    of ``source``, which ``predictor`` must not have embedded yet; the first run is a warm-up) and
+    ``decoder`` per single-box prompt (up to ``prompts`` per image)."""
     if len(source) < images + 1:
         raise ValueError(f"need {images + 1} images to time the encoder, the source has {len(source)}")
     enc, dec = [], []
     for index in range(images + 1):
         item = source[index]
+        runs = predictor.encoder_runs
         t = time.perf_counter()
         emb = predictor.embed(item.image)
         enc.append(time.perf_counter() - t)
+        if predictor.encoder_runs == runs:
+            raise ValueError("the predictor had this image cached: time the encoder with a fresh predictor")
         boxes = boxes_from_masks(torch.from_numpy(item.masks[:prompts])).numpy()
         for box in boxes:
             t = time.perf_counter()

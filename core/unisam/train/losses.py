@@ -30,41 +30,15 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | 
     return (bce * v).sum((-2, -1)) / v.sum((-2, -1)).clamp(min=1)
 
 
-def focal_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    valid: torch.Tensor | None = None,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
-) -> torch.Tensor:
-    """Sigmoid focal loss (Lin et al.; SAM's mask loss with ``alpha`` 0.25, ``gamma`` 2) averaged over
-    the valid pixels: BCE scaled by ``(1 - p_t) ** gamma`` so that the many easy background pixels do
-    not drown the object when training from scratch."""
-    v = _valid_like(logits, valid)
-    t = targets.expand_as(logits)
-    p = logits.sigmoid()
-    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
-    p_t = p * t + (1 - p) * (1 - t)
-    weight = (alpha * t + (1 - alpha) * (1 - t)) * (1 - p_t) ** gamma
-    return (weight * bce * v).sum((-2, -1)) / v.sum((-2, -1)).clamp(min=1)
-
-
 def mask_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
     valid: torch.Tensor | None = None,
     dice_weight: float = 1.0,
     bce_weight: float = 1.0,
-    focal_weight: float = 0.0,
 ) -> torch.Tensor:
-    """``dice_weight * dice + bce_weight * bce + focal_weight * focal`` per mask (EdgeSAM's decoder
-    distillation: dice 5 + BCE 5; SAM's training: focal 20 + dice 1)."""
-    loss = dice_weight * dice_loss(logits, targets, valid)
-    if bce_weight:
-        loss = loss + bce_weight * bce_loss(logits, targets, valid)
-    if focal_weight:
-        loss = loss + focal_weight * focal_loss(logits, targets, valid)
-    return loss
+    """``dice_weight * dice + bce_weight * bce`` per mask (EdgeSAM's decoder distillation uses 5 and 5)."""
+    return dice_weight * dice_loss(logits, targets, valid) + bce_weight * bce_loss(logits, targets, valid)
 
 
 def mask_iou(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

@@ -46,6 +46,7 @@ class LoopConfig:
     steps: int = 1000
     batch_images: int = 4
     max_instances: int = 16  # prompts (instances) per image per step
+    min_area: int = 4  # instances smaller than this (pixels at the model's input scale) are not prompted
     lr: float = 1e-3
     min_lr: float = 1e-5  # end of the cosine schedule
     warmup_steps: int = 50
@@ -67,9 +68,8 @@ class SupervisedConfig(LoopConfig):
     box_prob: float = 0.5  # chance that a step starts from boxes (else from one point)
     box_noise: float = 0.1  # std of the box corner noise, as a fraction of the box side
     mask_input_prob: float = 0.5  # chance that a refinement round also gets the previous logits
-    dice_weight: float = 1.0  # SAM: focal 20 + dice 1
-    bce_weight: float = 0.0
-    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    bce_weight: float = 1.0
     iou_weight: float = 1.0
     loss_upscale: int = 1  # loss grid = this x the decoder's S/4 logits: 1, 2 or 4 (SAM: 4)
 
@@ -144,7 +144,9 @@ def grid_to_input(xy: torch.Tensor, grid: int, image_size: int) -> torch.Tensor:
     return (xy + 0.5) * scale - 0.5
 
 
-def supervised_loss(model: Sam, batch: Batch, config: SupervisedConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def supervised_loss(
+    model: Sam, batch: Batch, config: SupervisedConfig, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
     """Loss of one interactive-training step (averaged over the decode rounds).
 
     All four decoder outputs are computed in every round; the mask loss uses the single-mask output,
@@ -171,8 +173,10 @@ def supervised_loss(model: Sam, batch: Batch, config: SupervisedConfig, generato
     for it in range(config.decode_iters):
         coords, labels = prompts.tokens()
         low, iou = model.forward_decoder(emb, coords, labels, mask_in, num_outputs=4, image_index=idx)
-        logits = F.interpolate(low, (grid, grid), mode="bilinear", align_corners=False) if config.loss_upscale > 1 else low
-        per_output = mask_loss(logits, targets, valid, config.dice_weight, config.bce_weight, config.focal_weight)  # (M, 4)
+        logits = low
+        if config.loss_upscale > 1:
+            logits = F.interpolate(low, (grid, grid), mode="bilinear", align_corners=False)
+        per_output = mask_loss(logits, targets, valid, config.dice_weight, config.bce_weight)  # (M, 4)
         if it == 0 and not use_box:
             choice = 1 + per_output[:, 1:].detach().argmin(1)
         else:
@@ -189,6 +193,26 @@ def supervised_loss(model: Sam, batch: Batch, config: SupervisedConfig, generato
             feed = bool(torch.rand((), generator=generator) < config.mask_input_prob)
             mask_in = _pick(low.detach(), choice)[:, None] if feed else None
     return {"loss": total, "mask": torch.tensor(mask_total), "iou": torch.tensor(iou_total)}
+
+
+def init_from_scratch(model: Sam, gain: float = 2.0) -> Sam:
+    """Prepare a randomly initialised model for training from scratch; returns ``model``.
+
+    In every cross-attention of the mask decoder (prompt tokens <-> image), the key projection starts
+    as a copy of the query projection and both are scaled by ``gain``. The attention logits then
+    start as a positive-definite form of the two sides' positional encodings, whose dot product peaks
+    where the positions coincide, so an image position attends to nearby prompts from the first step.
+    With PyTorch's default (independent) initialisation the decoder sits for hundreds of steps on a
+    plateau where it predicts the same mask wherever the prompt is.
+    """
+    from ..models.transformer import Attention
+
+    with torch.no_grad():
+        for name, module in model.mask_decoder.transformer.named_modules():
+            if isinstance(module, Attention) and not name.endswith("self_attn"):
+                module.q_proj.weight.mul_(gain)
+                module.k_proj.weight.copy_(module.q_proj.weight)
+    return model
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -238,10 +262,10 @@ def _write_atomic(path: Path, obj: dict) -> None:
 
 
 def _restart_log(path: Path, upto: int) -> None:
-    """Keep the log records of steps before ``upto`` (a resumed run rewrites the later ones)."""
+    """Keep the log records up to step ``upto`` (a resumed run rewrites the later ones)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < upto]
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= upto]
     path.write_text("".join(line + "\n" for line in keep))
 
 
@@ -332,7 +356,7 @@ def run_loop(
             torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
         optimizer.step()
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
         count += 1
         done = step + 1
         if done % config.log_every == 0 or done == end:
@@ -392,7 +416,7 @@ def train_supervised(
     if config.loss_upscale not in (1, 2, 4):
         raise ValueError(f"loss_upscale must be 1, 2 or 4, got {config.loss_upscale}")
     dataset = PromptDataset(source, model.image_size, config.max_instances, config.seed,
-                            model.spec.pixel_mean, model.spec.pixel_std)
+                            model.spec.pixel_mean, model.spec.pixel_std, config.min_area)
 
     def loss_fn(step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return supervised_loss(model, make_batch(dataset, step, config.batch_images), config, generator)

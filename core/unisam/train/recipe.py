@@ -1,0 +1,220 @@
+"""One command that reproduces unisam's small shipped model from nothing, on a CPU, in about an hour.
+
+``unisam recipe --out DIR`` (or ``python -m unisam.train.recipe --out DIR``):
+
+1. writes a held-out synthetic validation set (COCO layout, ``data/val``); training images are
+   generated on the fly from the seed (:class:`~unisam.train.data.SyntheticSource`), every image seen once;
+2. trains a teacher from scratch with interactive supervision (:mod:`~unisam.train.supervised`):
+   a short warm-up on simple scenes (:class:`~unisam.train.data.SimpleScenes`, where the decoder
+   learns to localise the prompted object), then synthetic scenes at input size 128, then at 256
+   (progressive resizing: 128 is 4x cheaper and all weights are independent of the input size);
+3. distils a narrower student, EdgeSAM's way (:mod:`~unisam.train.distill`): phase 1 (encoder only;
+   this model is kept for the comparison) then phase 2 (prompt-in-the-loop);
+4. exports teacher, phase-1 student and phase-2 student to ONNX, evaluates all three through the
+   runtime on the held-out set (box / centre point, +1 / +2 refinement clicks), measures their
+   latency, and writes ``results.json`` and ``results.md``. ``export/student`` is the shipped model.
+
+Deterministic given the seed and the thread count. ``budget_scale`` scales all step counts (0.05 for
+a smoke run of a few minutes); the full plan was sized from throughput measured on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..registry import ArchSpec
+
+# RepViT block tables (rows: kernel, expansion, channels, SE, HS, stride), four stages of stride
+# 4 / 8 / 16 / 32: the teacher is RepViT-M1 at half width with 2/2/6/2 blocks, the student a quarter
+# width with 1/2/4/1 blocks.
+TEACHER_CFGS = (
+    [[3, 2, 24, 1, 0, 1], [3, 2, 24, 0, 0, 1]]
+    + [[3, 2, 48, 0, 0, 2], [3, 2, 48, 1, 0, 1]]
+    + [[3, 2, 96, 0, 1, 2]] + [[3, 2, 96, 1 - i % 2, 1, 1] for i in range(5)]
+    + [[3, 2, 192, 0, 1, 2], [3, 2, 192, 1, 1, 1]]
+)
+STUDENT_CFGS = (
+    [[3, 2, 16, 1, 0, 1]]
+    + [[3, 2, 32, 0, 0, 2], [3, 2, 32, 1, 0, 1]]
+    + [[3, 2, 64, 0, 1, 2]] + [[3, 2, 64, 1 - i % 2, 1, 1] for i in range(3)]
+    + [[3, 2, 128, 0, 1, 2]]
+)
+TEACHER = ArchSpec(
+    encoder="repvit",
+    encoder_kwargs={"cfgs": TEACHER_CFGS, "fuse": True, "upsample_mode": "bilinear"},
+    image_size=256,
+    embed_dim=128,
+    decoder_mlp_dim=1024,
+    iou_head_hidden_dim=128,
+)
+STUDENT = replace(TEACHER, encoder_kwargs={"cfgs": STUDENT_CFGS, "fuse": True, "upsample_mode": "bilinear"})
+PRESETS = {"teacher": TEACHER, "student": STUDENT}
+
+# Synthetic frame sizes (px): microscopy objects have sizes in pixels, so smaller frames show them
+# larger at the model's fixed input size (a scale augmentation); non-square frames exercise padding.
+FRAME_SIZES = ((256, 256), (192, 256), (160, 160), (256, 192))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Step counts and sizes of every phase (see the module docstring)."""
+
+    warmup_steps: int = 200  # teacher on SimpleScenes at input 128
+    teacher_low_steps: int = 800  # teacher on synthetic scenes at input 128
+    teacher_steps: int = 1100  # teacher at input 256
+    phase1_steps: int = 700
+    phase2_steps: int = 400
+    batch_images: int = 8
+    max_instances: int = 8
+    teacher_lr: float = 2e-3
+    phase1_lr: float = 3e-3
+    phase2_lr: float = 5e-4
+    val_images: int = 96
+    eval_instances: int = 16
+
+    def scaled(self, factor: float) -> Plan:
+        """The same plan with every step count (and the validation set) scaled by ``factor``."""
+        names = ("warmup_steps", "teacher_low_steps", "teacher_steps", "phase1_steps", "phase2_steps")
+        steps = {name: max(2, round(getattr(self, name) * factor)) for name in names}
+        return replace(self, **steps, val_images=max(8, round(self.val_images * factor)))
+
+
+def _resized(model, image_size: int):
+    """The same weights in a model built for another input size."""
+    from ..models import build_sam
+
+    out = build_sam(replace(model.spec, image_size=image_size))
+    out.load_state_dict(model.state_dict())
+    return out
+
+
+def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, threads: int = 2,
+               progress: bool = True) -> dict:
+    """Run the whole recipe into ``out_dir`` (resumable: finished phases are skipped, an interrupted
+    one continues from its checkpoint). Returns the results written to ``results.json``."""
+    from ..api import load_model
+    from ..models import build_sam, export_onnx
+    from .data import CocoSource, SimpleScenes, SyntheticSource
+    from .distill import DecoderDistillConfig, EncoderDistillConfig, distill_decoder, distill_encoder, make_student
+    from .evaluate import evaluate, format_table, measure_latency
+    from .supervised import SupervisedConfig, init_from_scratch, load_trained, train_supervised
+    from .synthetic import write_coco
+
+    if budget_scale <= 0:
+        raise ValueError(f"budget_scale must be positive, got {budget_scale}")
+    torch.set_num_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = Plan().scaled(budget_scale)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name] = round(time.perf_counter() - clock, 1)
+        clock = time.perf_counter()
+        print(f"[recipe] {name}: {timings[name]:.0f} s", flush=True)
+
+    # 1. data: the held-out validation set on disk; training images are generated from the seed,
+    # a fresh stream per phase (every image is seen once)
+    val_dir = out / "data" / "val"
+    if not (val_dir / "annotations.json").exists():
+        val_gen = SyntheticSource(plan.val_images, FRAME_SIZES, seed + 1000)
+        write_coco((val_gen.sample(i) for i in range(plan.val_images)), val_dir)
+    val = CocoSource(val_dir / "annotations.json", val_dir)
+
+    def stream(steps: int, offset: int) -> SyntheticSource:
+        return SyntheticSource(steps * plan.batch_images, FRAME_SIZES, seed + offset)
+
+    lap("data")
+    common = {"batch_images": plan.batch_images, "max_instances": plan.max_instances, "seed": seed,
+              "eval_images": min(16, plan.val_images), "checkpoint_every": 50}
+    kw = {"val_source": val, "resume": True, "progress": progress}
+
+    # 2. teacher, from scratch: warm-up on simple scenes at input 128, synthetic scenes at 128, then at 256
+    torch.manual_seed(seed)
+    teacher = init_from_scratch(build_sam(replace(TEACHER, image_size=128)))
+    for name, steps, data, size, lr in (
+        ("teacher-warmup", plan.warmup_steps, SimpleScenes(plan.warmup_steps * plan.batch_images, (128, 128), seed),
+         128, plan.teacher_lr),
+        ("teacher-128", plan.teacher_low_steps, stream(plan.teacher_low_steps, 1), 128, plan.teacher_lr),
+        ("teacher", plan.teacher_steps, stream(plan.teacher_steps, 2), TEACHER.image_size, plan.teacher_lr / 2),
+    ):
+        if teacher.image_size != size:
+            teacher = _resized(teacher, size)
+        config = SupervisedConfig(steps=steps, lr=lr, decode_iters=2, warmup_steps=min(20, steps // 4),
+                                  eval_every=max(steps // 4, 1), **common)
+        train_supervised(teacher, data, out / name, config, **kw)
+        lap(name)
+
+    # 3. student: phase 1 (encoder only), then phase 2 (prompt in the loop)
+    torch.manual_seed(seed + 1)
+    student = make_student(teacher, STUDENT.encoder, STUDENT.encoder_kwargs)
+    config = EncoderDistillConfig(steps=plan.phase1_steps, lr=plan.phase1_lr,
+                                  warmup_steps=min(30, plan.phase1_steps // 4), **common)
+    distill_encoder(teacher, student, stream(plan.phase1_steps, 3), out / "student-phase1",
+                    replace(config, eval_every=max(plan.phase1_steps // 2, 1)), **kw)
+    lap("phase 1")
+    student = load_trained(out / "student-phase1")
+    config = DecoderDistillConfig(steps=plan.phase2_steps, lr=plan.phase2_lr,
+                                  warmup_steps=min(10, plan.phase2_steps // 4), **common)
+    distill_decoder(teacher, student, stream(plan.phase2_steps, 4), out / "student",
+                    replace(config, eval_every=max(plan.phase2_steps // 2, 1)), **kw)
+    lap("phase 2")
+
+    # 4. export, evaluate through the runtime, time (label, trained folder = export folder, timed)
+    models = [("teacher", "teacher", True), ("student (encoder KD only)", "student-phase1", False),
+              ("student (+ prompt-in-the-loop KD)", "student", True)]
+    results, latency, params = {}, {}, {}
+    for label, folder, timed in models:
+        model = load_trained(out / folder)
+        export_dir = out / "export" / folder
+        export_onnx(model, export_dir)
+        predictor = load_model(weights=export_dir, threads=threads)
+        results[label] = evaluate(predictor, val, refine=2, max_instances=plan.eval_instances, seed=seed,
+                                  progress=progress)
+        if timed:  # a fresh predictor: its embedding cache is empty
+            latency[label] = measure_latency(load_model(weights=export_dir, threads=threads), val)
+            params[label] = sum(p.numel() for p in model.image_encoder.parameters())
+    lap("export + evaluation")
+
+    table = format_table(results, "model (held-out synthetic, mIoU %)")
+    lat = "\n".join(f"- {name}: encoder {v['encoder_ms']:.1f} ms / image, decoder {v['decoder_ms']:.2f} ms / prompt"
+                    for name, v in latency.items())
+    summary = {
+        "seed": seed, "budget_scale": budget_scale, "threads": threads, "plan": asdict(plan),
+        "teacher_arch": TEACHER.to_dict(), "student_arch": STUDENT.to_dict(),
+        "encoder_params": params, "miou": results, "latency_ms": latency, "seconds": timings,
+        "shipped_model": str(out / "export" / "student"),
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    n = next(iter(results.values()))
+    (out / "results.md").write_text(
+        f"{table}\n\n{n['instances']} instances in {n['images']} held-out images; ONNX runtime, {threads} threads.\n\n"
+        f"Latency (median):\n{lat}\n\nPhase wall times (s): {json.dumps(timings)}\n"
+    )
+    print(table)
+    print(lat)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m unisam.train.recipe", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget-scale", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    run_recipe(args.out, seed=args.seed, budget_scale=args.budget_scale, threads=args.threads,
+               progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()
