@@ -144,9 +144,9 @@ def segment(
             raise ValueError("no prompts given")
         items = [make_prompt(p.points, p.labels, p.box, p.mask, p.label, image_size=size) for p in items]
     flags = [p.is_single_point if multimask is None else multimask for p in items]
-    predictions = predictor.predict_prompts(embedding, items, flags)
-    masks = np.stack([p.masks[p.best] for p in predictions])
-    scores = np.array([p.scores[p.best] for p in predictions], np.float32)
+    predictions = predictor.predict_prompts(embedding, items, flags, best_only=True)
+    masks = np.stack([p.masks[0] for p in predictions])
+    scores = np.array([p.scores[0] for p in predictions], np.float32)
     names = [p.label for p in items]
     return Instances(
         masks=masks,

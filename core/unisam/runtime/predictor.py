@@ -141,12 +141,18 @@ class Predictor:
         return self.predict_prompts(embedding, [prompt], multimask=multimask)[0]
 
     def predict_prompts(
-        self, embedding: Embedding, prompts: Sequence[Prompt], multimask: bool | Sequence[bool] = True
+        self,
+        embedding: Embedding,
+        prompts: Sequence[Prompt],
+        multimask: bool | Sequence[bool] = True,
+        best_only: bool = False,
     ) -> list[Prediction]:
         """Predictions for many validated prompts on one image, in order.
 
         Prompts with the same number of points, box presence and mask presence go to the decoder
         in one batched call (no padding tokens are added, so results equal one-by-one calls).
+        ``best_only`` keeps only the highest-scoring candidate of each prompt (K = 1), so only that
+        mask is upscaled to full resolution.
         """
         flags = [multimask] * len(prompts) if isinstance(multimask, bool) else list(multimask)
         groups: dict[tuple, list[int]] = {}
@@ -159,9 +165,12 @@ class Predictor:
             low_res, iou = self._run_decoder(embedding, coords, labels, masks_in)
             for row, i in enumerate(idx):
                 sel = slice(1, 4) if flags[i] and low_res.shape[1] == 4 else slice(0, 1)
-                logits = low_res[row, sel]
+                logits, scores = low_res[row, sel], iou[row, sel]
+                if best_only:
+                    best = int(np.argmax(scores))
+                    logits, scores = logits[best : best + 1], scores[best : best + 1]
                 masks = self.upscale(embedding, logits) > 0
-                results[i] = Prediction(masks=masks, scores=iou[row, sel], low_res_logits=logits)
+                results[i] = Prediction(masks=masks, scores=scores, low_res_logits=logits)
         return results  # type: ignore[return-value]
 
     def decode(
