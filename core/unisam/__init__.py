@@ -1,23 +1,24 @@
 """unisam: promptable segmentation (EdgeSAM family) on ONNX Runtime + NumPy.
 
 >>> import unisam
->>> model = unisam.load_model("edgesam")            # official weights, cached and verified
+>>> model = unisam.load_model()                     # bundled model, or EdgeSAM once its weights are cached
 >>> emb = model.embed("cells.png")                  # encoder runs once per image
 >>> pred = model.predict(emb, points=[[120, 80]], point_labels=[1])
 >>> result = unisam.segment("cells.png", points=[[120, 80]])   # -> Instances
 """
 
-from .api import DEFAULT_MODEL, load_model, segment, segment_everything
+from .api import default_model, get_model, load_model, segment, segment_everything
 from .instances import Instances
 from .prompts import Prompt
 from .runtime.predictor import Prediction, Predictor
 
 __all__ = [
-    "DEFAULT_MODEL",
     "Instances",
     "Prediction",
     "Predictor",
     "Prompt",
+    "default_model",
+    "get_model",
     "load_model",
     "segment",
     "segment_everything",

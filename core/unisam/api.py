@@ -14,17 +14,28 @@ import numpy as np
 from .images import load_image
 from .instances import Instances, masks_to_boxes
 from .prompts import Prompt, make_prompt
-from .registry import ONNX_FORMAT, ArchSpec, ModelCard, get_card
+from .registry import BUNDLED_MODEL, ONNX_FORMAT, ArchSpec, ModelCard, get_card
 from .runtime.cache import DiskEmbeddingCache
 from .runtime.everything import segment_everything as _segment_everything
 from .runtime.predictor import Predictor
 from .weights import cache_dir, resolve_weight
 
-DEFAULT_MODEL = "edgesam"
+PREFERRED_MODEL = "edgesam"  # the default once its official weights are in the cache
 
 _ARCH_FIELDS = {f.name for f in dataclasses.fields(ArchSpec)}
-_loaded: dict[tuple, Predictor] = {}
+_loaded: dict[str, Predictor] = {}
 _loaded_lock = threading.Lock()
+
+
+def default_model() -> str:
+    """The model used when none is named: EdgeSAM when its official checkpoint (or its ONNX export)
+    is in the cache directory, else the small model bundled with unisam, which needs no download."""
+    card = get_card(PREFERRED_MODEL)
+    assert card.checkpoint is not None
+    exported = cache_dir() / "onnx" / f"{card.name}-{card.checkpoint.sha256[:12]}" / "model.json"
+    if exported.is_file() or (cache_dir() / card.checkpoint.filename).is_file():
+        return PREFERRED_MODEL
+    return BUNDLED_MODEL
 
 
 def load_model(
@@ -35,7 +46,8 @@ def load_model(
     threads: int | None = None,
     disk_cache: str | Path | None = None,
 ) -> Predictor:
-    """A :class:`Predictor` for a registered model (see ``unisam weights list``).
+    """A new :class:`Predictor` for a registered model (see ``unisam weights list``; default
+    :func:`default_model`). Servers and plugins share one per process with :func:`get_model`.
 
     ``weights``: a directory written by ``unisam export`` (encoder.onnx, decoder.onnx, model.json),
     or the model's official checkpoint file (verified by sha256). Without it, the weights are looked
@@ -47,7 +59,11 @@ def load_model(
     disk = DiskEmbeddingCache(disk_cache) if disk_cache is not None else None
     if weights is not None and Path(weights).is_dir():
         return _from_onnx_dir(Path(weights), name, threads, disk)
-    card = get_card(name or DEFAULT_MODEL)
+    card = get_card(name or default_model())
+    if card.bundled is not None:
+        if weights is not None:
+            raise ValueError(f"model {card.name!r} ships with unisam: it takes no weights argument")
+        return _from_onnx_dir(card.bundled, card.name, threads, disk)
     if card.checkpoint is None and card.onnx is not None:
         if weights is not None:
             raise ValueError(f"model {card.name!r} is an ONNX pair: pass the directory that holds both files")
@@ -103,15 +119,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _resolve(model: Predictor | str | None) -> Predictor:
-    """A predictor from an instance, a registered name, or the default model; loaded once."""
+def get_model(model: Predictor | str | None = None) -> Predictor:
+    """The process-wide shared predictor for a registered name (default :func:`default_model`),
+    loaded once and thread-safe, so its embedding cache serves every caller; a Predictor passes through."""
     if isinstance(model, Predictor):
         return model
-    key = (model or DEFAULT_MODEL,)
+    name = model or default_model()
     with _loaded_lock:
-        if key not in _loaded:
-            _loaded[key] = load_model(key[0])
-        return _loaded[key]
+        if name not in _loaded:
+            _loaded[name] = load_model(name)
+        return _loaded[name]
 
 
 def segment(
@@ -131,7 +148,7 @@ def segment(
     once for all prompts. ``multimask`` (default: only for a lone click, SAM's advice for ambiguous
     prompts) picks the best of three candidate masks by predicted IoU.
     """
-    predictor = _resolve(model)
+    predictor = get_model(model)
     embedding = predictor.embed(image)
     size = embedding.original_size
     if prompts is None:
@@ -163,4 +180,4 @@ def segment_everything(image, *, model: Predictor | str | None = None, **params)
     pred_iou_thresh, stability_score_thresh, box_nms_thresh, crop_n_layers, min_mask_region_area,
     progress, ...).
     """
-    return _segment_everything(load_image(image), _resolve(model), **params)
+    return _segment_everything(load_image(image), get_model(model), **params)

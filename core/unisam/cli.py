@@ -94,7 +94,7 @@ def cmd_export(args) -> None:
     if (out / "model.json").exists() and not args.overwrite:
         raise ValueError(f"{out} already holds an export; pass --overwrite to replace it")
     if card.checkpoint is None:
-        raise ValueError(f"model {card.name!r} is published as ONNX already; nothing to export")
+        raise ValueError(f"model {card.name!r} has no PyTorch checkpoint; nothing to export")
     checkpoint = resolve_weight(card.checkpoint, path=args.checkpoint, download=args.download, model=card.name)
     api.export_checkpoint(card, checkpoint, out)
     print(f"exported {card.name} to {out} (encoder.onnx, decoder.onnx, model.json)")
@@ -104,6 +104,10 @@ def cmd_weights_list(args) -> None:
     print(f"cache directory: {cache_dir()}")
     for name in list_models():
         card = get_card(name)
+        if card.bundled is not None:
+            size = sum(f.stat().st_size for f in card.bundled.glob("*.onnx")) / 1e6
+            print(f"  {name:<16} bundled {size:8.1f} MB  {card.description}")
+            continue
         files = [card.checkpoint] if card.checkpoint else list(card.onnx or ())
         present = all((cache_dir() / f.filename).is_file() for f in files)
         size = sum(f.size for f in files) / 1e6
@@ -113,6 +117,9 @@ def cmd_weights_list(args) -> None:
 
 def cmd_weights_pull(args) -> None:
     card = get_card(args.model)
+    if card.bundled is not None:
+        print(f"{card.name} ships with unisam ({card.bundled}); nothing to download")
+        return
     files = [card.checkpoint] if card.checkpoint else list(card.onnx or ())
     for f in files:
         path = resolve_weight(f, download=True, model=card.name)
@@ -124,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p):
-        p.add_argument("--model", default=None, help=f"registered model name (default {api.DEFAULT_MODEL})")
+        p.add_argument("--model", default=None, help="registered model (default: edgesam once its weights are cached, else unisam-tiny)")
         p.add_argument("--weights", default=None, help="checkpoint file or `unisam export` directory")
         p.add_argument("--download", action="store_true", help="download missing official weights")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")

@@ -5,7 +5,9 @@ Pure Python (no torch, no onnxruntime) so that every layer of unisam can read a 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 ONNX_FORMAT = "unisam-onnx-v1"  # the "format" of a model.json written by `unisam export`
@@ -75,7 +77,8 @@ class ModelCard:
     """A named model: its architecture and the files that provide its weights.
 
     ``checkpoint`` is an official PyTorch state dict (needs the ``torch`` extra to export to ONNX);
-    ``onnx`` is an (encoder, decoder) pair that runs with onnxruntime alone.
+    ``onnx`` is an (encoder, decoder) pair that runs with onnxruntime alone; ``bundled`` is a
+    directory written by ``unisam export`` that ships inside the package (nothing to download).
     """
 
     name: str
@@ -83,6 +86,7 @@ class ModelCard:
     description: str
     checkpoint: WeightFile | None = None
     onnx: tuple[WeightFile, WeightFile] | None = None
+    bundled: Path | None = None
 
 
 EDGE_SAM = ArchSpec(encoder="repvit", encoder_kwargs={"arch": "m1", "fuse": True, "upsample_mode": "bicubic"})
@@ -123,6 +127,27 @@ def get_card(name: str) -> ModelCard:
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
+
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED_MODEL = "unisam-tiny"
+
+
+def _bundled_arch(directory: Path) -> ArchSpec:
+    """The ArchSpec stored in a bundled export's model.json (the one source of truth for its shape)."""
+    meta = json.loads((directory / "model.json").read_text())
+    names = {f for f in ArchSpec.__dataclass_fields__}
+    return ArchSpec.from_dict({k: v for k, v in meta.items() if k in names})
+
+
+register(
+    ModelCard(
+        name=BUNDLED_MODEL,
+        arch=_bundled_arch(ASSETS / BUNDLED_MODEL),
+        description="small EdgeSAM-style model (input 256) distilled here from synthetic data; ships with "
+        "unisam, used when no official weights are present (`unisam recipe` rebuilds it)",
+        bundled=ASSETS / BUNDLED_MODEL,
+    )
+)
 
 _EDGESAM_SPACE = "https://huggingface.co/spaces/chongzhou/EdgeSAM/resolve/main/weights/"
 _SAM_BUCKET = "https://dl.fbaipublicfiles.com/segment_anything/"
