@@ -7,7 +7,7 @@
 >>> result = unisam.segment("cells.png", points=[[120, 80]])   # -> Instances
 """
 
-from .api import default_model, get_model, load_model, segment, segment_everything
+from .api import default_model, everything_defaults, get_model, load_model, segment, segment_everything
 from .instances import Instances
 from .prompts import Prompt
 from .runtime.predictor import Prediction, Predictor
@@ -18,6 +18,7 @@ __all__ = [
     "Predictor",
     "Prompt",
     "default_model",
+    "everything_defaults",
     "get_model",
     "load_model",
     "segment",

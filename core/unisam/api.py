@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .images import load_image
 from .instances import Instances, masks_to_boxes
 from .prompts import Prompt, make_prompt
-from .registry import BUNDLED_MODEL, ONNX_FORMAT, ArchSpec, ModelCard, get_card
+from .registry import BUNDLED_MODEL, ONNX_FORMAT, ArchSpec, ModelCard, get_card, list_models
 from .runtime.cache import DiskEmbeddingCache
 from .runtime.everything import segment_everything as _segment_everything
 from .runtime.predictor import Predictor
@@ -173,11 +175,22 @@ def segment(
     )
 
 
+def everything_defaults(model: Predictor | str | None = None) -> dict[str, Any]:
+    """The parameters :func:`segment_everything` uses for ``model`` when none are given: SAM's
+    automatic-mask-generator defaults, with the model card's own thresholds where it has them."""
+    params = inspect.signature(_segment_everything).parameters
+    defaults = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k != "progress"}
+    name = model.name if isinstance(model, Predictor) else model or default_model()
+    card = get_card(name) if name in list_models() else None
+    return {**defaults, **(card.everything if card else {})}
+
+
 def segment_everything(image, *, model: Predictor | str | None = None, **params) -> Instances:
     """Automatic instance masks for the whole image (SAM's automatic mask generator recipe).
 
     ``params`` go to :func:`unisam.runtime.everything.segment_everything` (points_per_side,
     pred_iou_thresh, stability_score_thresh, box_nms_thresh, crop_n_layers, min_mask_region_area,
-    progress, ...).
+    progress, ...); those not given come from :func:`everything_defaults`.
     """
-    return _segment_everything(load_image(image), get_model(model), **params)
+    predictor = get_model(model)
+    return _segment_everything(load_image(image), predictor, **{**everything_defaults(predictor), **params})

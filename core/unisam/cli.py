@@ -66,16 +66,11 @@ def cmd_everything(args) -> None:
     _check_out(out, args.overwrite)
     if args.rle:
         _check_out(Path(args.rle), args.overwrite)
-    result = api.segment_everything(
-        args.image,
-        model=_model(args),
-        points_per_side=args.points_per_side,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        crop_n_layers=args.crop_layers,
-        min_mask_region_area=args.min_area,
-        progress=True,
-    )
+    given = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
+             "stability_score_thresh": args.stability_score_thresh, "crop_n_layers": args.crop_layers,
+             "min_mask_region_area": args.min_area}
+    params = {k: v for k, v in given.items() if v is not None}  # the rest: the model's defaults
+    result = api.segment_everything(args.image, model=_model(args), progress=True, **params)
     labels = result.to_label_image()
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
     Image.fromarray(labels.astype(dtype)).save(out)
@@ -151,11 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--out", required=True, help="output label image PNG (0 = background)")
     p.add_argument("--rle", default=None, help="also write instances as COCO RLE JSON")
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-score-thresh", type=float, default=0.95)
-    p.add_argument("--crop-layers", type=int, default=0)
-    p.add_argument("--min-area", type=int, default=0, help="remove regions and holes smaller than this (px)")
+    p.add_argument("--points-per-side", type=int, default=None, help="(default 32)")
+    p.add_argument("--pred-iou-thresh", type=float, default=None, help="(default: the model's; SAM 0.88)")
+    p.add_argument("--stability-score-thresh", type=float, default=None, help="(default: the model's; SAM 0.95)")
+    p.add_argument("--crop-layers", type=int, default=None, help="(default 0)")
+    p.add_argument("--min-area", type=int, default=None, help="remove regions and holes smaller than this (px)")
     model_args(p)
     p.set_defaults(func=cmd_everything)
 

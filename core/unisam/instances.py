@@ -43,14 +43,14 @@ class Instances:
 
     masks: ``(N, H, W)`` bool. boxes: ``(N, 4)`` float32 inclusive pixel ``(x1, y1, x2, y2)`` (see the
     module docstring). scores: ``(N,)`` float32 mask quality (e.g. predicted IoU). labels: N class
-    names or None. label_scores: ``(N,)`` float32 label confidences or None. ids: ``(N,)`` int64
-    instance/track ids or None.
+    names (None for an unnamed one) or None. label_scores: ``(N,)`` float32 label confidences or None.
+    ids: ``(N,)`` int64 instance/track ids or None.
     """
 
     masks: np.ndarray
     boxes: np.ndarray
     scores: np.ndarray
-    labels: list[str] | None = None
+    labels: list[str | None] | None = None
     label_scores: np.ndarray | None = None
     ids: np.ndarray | None = None
 
@@ -66,7 +66,7 @@ class Instances:
         if self.scores.shape != (n,):
             raise ValueError(f"scores must have shape ({n},), got {self.scores.shape}")
         if self.labels is not None:
-            self.labels = [str(label) for label in self.labels]
+            self.labels = [None if label is None else str(label) for label in self.labels]
             if len(self.labels) != n:
                 raise ValueError(f"labels must have {n} entries, got {len(self.labels)}")
         if self.label_scores is not None:

@@ -91,6 +91,9 @@ def test_segment_many_prompts_keeps_order_and_labels(edgesam_predictor):
     for i, prompt in enumerate(prompts):
         alone = unisam.segment(_image(), prompt, model=edgesam_predictor)
         np.testing.assert_array_equal(result.masks[i], alone.masks[0])
+    unnamed = unisam.segment(_image(), [prompts[0], unisam.Prompt(box=np.array([5, 5, 50, 60]))],
+                             model=edgesam_predictor)
+    assert unnamed.labels == ["cat", None]  # an unnamed prompt stays unnamed, not "None"
     with pytest.raises(ValueError, match="no prompts"):
         unisam.segment(_image(), [], model=edgesam_predictor)
     with pytest.raises(ValueError, match="outside the image"):

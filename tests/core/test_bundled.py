@@ -101,3 +101,17 @@ def test_readme_main_command_segments_the_clicked_nucleus(empty_cache, tmp_path)
     assert grey[mask].mean() > 4 * np.median(grey)  # bright nucleus on a dark background
     expected = unisam.segment(ROOT / "examples" / "nuclei.png", points=[[334, 303]], model=BUNDLED_MODEL)
     np.testing.assert_array_equal(mask, expected.masks[0])
+
+
+def test_everything_uses_the_models_own_thresholds_and_finds_objects():
+    tiny, sam = unisam.everything_defaults(BUNDLED_MODEL), unisam.everything_defaults("edgesam")
+    assert (sam["pred_iou_thresh"], sam["stability_score_thresh"]) == (0.88, 0.95)  # SAM's own defaults
+    assert tiny == {**sam, **get_card(BUNDLED_MODEL).everything} and tiny["pred_iou_thresh"] < 0.88
+    sample = generate_sample(np.random.default_rng(7), (128, 128), "nuclei")
+    found = unisam.segment_everything(sample.image, model=BUNDLED_MODEL, points_per_side=16)
+    assert len(found) > 0
+    best = [max(_iou(m, g) for m in found.masks) for g in sample.masks]
+    assert max(best) > 0.5  # at least one object found as itself, not only fragments or clusters
+    explicit = unisam.segment_everything(sample.image, model=BUNDLED_MODEL, points_per_side=16,
+                                         pred_iou_thresh=0.99)
+    assert len(explicit) < len(found)  # a given parameter wins over the model's default
