@@ -1,0 +1,169 @@
+"""napari layer data <-> unisam inputs, without Qt or napari: testable on their own.
+
+Coordinates: napari puts pixel centres at integer data coordinates (pixel ``(r, c)`` spans
+``r - 0.5 .. r + 0.5``); unisam's continuous pixel coordinates put pixel edges at integers (pixel
+``(x, y) = (c, r)`` spans ``c .. c + 1``). So a napari point ``(row, col)`` is unisam ``(col + 0.5,
+row + 0.5)``, and rectangle corners map the same way. Coordinates here are the image layer's *data*
+coordinates; the widget maps clicks there through the layers' transforms, so ``scale`` is respected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from unisam import Prompt
+from unisam.images import load_image
+
+MAX_CHANNELS = 3  # grey layers composed into the R, G and B planes the model sees
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The image to segment: one image layer's data, or 2-3 grey layers of one shape (a multichannel
+    image that napari split into layers) composed into RGB, each channel stretched on its own.
+
+    A 2D source has ``(H, W)`` (grey) or ``(H, W, 3|4)`` (RGB) data; a stack adds a leading slice axis
+    (z or time): ``(Z, H, W)`` / ``(Z, H, W, 3|4)``.
+    """
+
+    planes: tuple[np.ndarray, ...]
+    rgb: bool
+
+    @property
+    def is_stack(self) -> bool:
+        return self.planes[0].ndim - self.rgb == 3
+
+    @property
+    def n_slices(self) -> int:
+        return self.planes[0].shape[0] if self.is_stack else 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(H, W)`` of one slice."""
+        spatial = self.planes[0].shape[: self.planes[0].ndim - self.rgb]
+        return int(spatial[-2]), int(spatial[-1])
+
+    @property
+    def labels_shape(self) -> tuple[int, ...]:
+        """Shape of a Labels layer aligned with the image: ``(Z, H, W)`` or ``(H, W)``."""
+        return (self.n_slices, *self.shape) if self.is_stack else self.shape
+
+    def image(self, z: int | None = None) -> np.ndarray:
+        """Slice ``z`` (ignored for 2D) as an array :func:`unisam.images.load_image` accepts:
+        ``(H, W)`` grey, ``(H, W, 3|4)`` RGB(A), or the ``(H, W, 3)`` uint8 channel composite."""
+        if self.is_stack:
+            if z is None or not 0 <= z < self.n_slices:
+                raise ValueError(f"slice {z} is outside the stack of {self.n_slices} slices")
+            planes = [np.asarray(p[z]) for p in self.planes]
+        else:
+            planes = [np.asarray(p) for p in self.planes]
+        if len(planes) == 1:
+            return planes[0]
+        composite = np.zeros((*self.shape, 3), np.uint8)
+        for i, plane in enumerate(planes):
+            composite[..., i] = load_image(plane)[..., 0]
+        return composite
+
+    def frames(self) -> Sequence[np.ndarray]:
+        """The stack as a lazy sequence of slices (for :func:`unisam.propagate`)."""
+        return _Frames(self)
+
+
+class _Frames(Sequence):
+    def __init__(self, source: ImageSource) -> None:
+        self._source = source
+
+    def __len__(self) -> int:
+        return self._source.n_slices
+
+    def __getitem__(self, z):
+        if isinstance(z, slice):
+            return [self._source.image(i) for i in range(len(self))[z]]
+        return self._source.image(range(len(self))[z])
+
+
+def image_source(datas: Sequence[np.ndarray], rgb: Sequence[bool]) -> ImageSource:
+    """Check napari image layers' ``data`` and ``rgb`` flags and combine them; ``ValueError`` with a
+    message for the user when they cannot be segmented."""
+    if not datas:
+        raise ValueError("no image layer: open an image (or File > Open Sample > unisam) and select it")
+    if len(datas) > MAX_CHANNELS:
+        raise ValueError(f"select at most {MAX_CHANNELS} image layers (channels); got {len(datas)}")
+    if len(datas) > 1 and any(rgb):
+        raise ValueError("an RGB layer cannot be combined with other layers: select it alone")
+    if len({tuple(d.shape) for d in datas}) > 1:
+        shapes = ", ".join(str(tuple(d.shape)) for d in datas)
+        raise ValueError(f"layers combined as channels must have one shape; got {shapes}")
+    data, is_rgb = datas[0], bool(rgb[0])
+    spatial = data.ndim - is_rgb
+    if is_rgb and data.shape[-1] not in (3, 4):
+        raise ValueError(f"an RGB layer needs 3 or 4 colour channels in its last axis; got shape {data.shape}")
+    if spatial not in (2, 3):
+        raise ValueError(
+            f"image layer of shape {data.shape} has {spatial} spatial axes; unisam segments 2D images "
+            "and 3D stacks (z or time): slice the data (e.g. one time point) first"
+        )
+    if spatial == 3 and not is_rgb and data.shape[-1] <= 4 < min(data.shape[:2]):
+        raise ValueError(
+            f"image layer of shape {data.shape} looks like a colour image (H, W, {data.shape[-1]}) shown as "
+            f"{data.shape[0]} slices; open it with rgb=True, or split the channels (channel_axis=-1)"
+        )
+    if min(data.shape[spatial - 2 : spatial]) < 2:
+        raise ValueError(f"image layer of shape {data.shape} is too small to segment")
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise ValueError(f"image layer has data type {data.dtype}; expected integer, float or bool pixels")
+    return ImageSource(tuple(datas), is_rgb)
+
+
+def pixels_to_xy(coords: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` napari ``(row, col)`` data coordinates -> ``(N, 2)`` unisam ``(x, y)`` pixels."""
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    return coords[:, ::-1] + 0.5
+
+
+def on_slice(coords: np.ndarray, z: int | None) -> np.ndarray:
+    """``(N,)`` bool: which of the ``(N, D)`` data coordinates (first axis: slice) lie on slice ``z``
+    (all of them when ``z`` is None)."""
+    coords = np.asarray(coords, dtype=np.float64)
+    if z is None:
+        return np.ones(len(coords), dtype=bool)
+    return np.round(coords[:, 0]).astype(np.int64) == z
+
+
+def prompt_on_slice(
+    points: np.ndarray,
+    positive: np.ndarray,
+    boxes: Sequence[np.ndarray],
+    z: int | None,
+    image_shape: tuple[int, int],
+) -> Prompt | None:
+    """The prompt for the current object on slice ``z`` (None for a 2D image), or None without prompts.
+
+    points: ``(N, D)`` data coordinates (last two: row, col) with ``positive`` ``(N,)`` bool;
+    boxes: shapes as ``(V, D)`` vertices (rectangles: 4 corners); the bounding box of the last one on the
+    slice with a non-zero area is used (SAM takes one box per object). Raises ``ValueError`` for a point
+    outside the ``(H, W)`` image.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    here = on_slice(points, z)
+    rows_cols = points[here][:, -2:]
+    height, width = image_shape
+    outside = (rows_cols < -0.5) | (rows_cols > np.array([height, width]) - 0.5)
+    if outside.any():
+        r, c = rows_cols[outside.any(axis=1)][0]
+        raise ValueError(f"point at row {r:.1f}, column {c:.1f} is outside the image ({height} x {width} pixels)")
+    box = None
+    for corners in reversed(list(boxes)):
+        corners = np.asarray(corners, dtype=np.float64)
+        xy = pixels_to_xy(corners[:, -2:])
+        if on_slice(corners, z).all() and (xy.max(axis=0) > xy.min(axis=0)).all():
+            box = np.concatenate([xy.min(axis=0), xy.max(axis=0)])
+            break
+    if not here.any() and box is None:
+        return None
+    xy = pixels_to_xy(rows_cols) if here.any() else None
+    labels = np.asarray(positive, dtype=bool)[here].astype(np.float64) if here.any() else None
+    return Prompt(points=xy, labels=labels, box=box)

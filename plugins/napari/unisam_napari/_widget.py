@@ -1,0 +1,360 @@
+"""The unisam dock widget: prompt layers in, Labels layers out; every model step is a unisam core call.
+
+Layers it manages (created aligned with the image layer: same scale and translate):
+``point_prompts`` (Points, bool feature ``positive``, green = positive, red = negative),
+``box_prompts`` (Shapes rectangles), ``current_object`` (Labels, the object being prompted),
+``committed_objects`` (Labels, one id per committed object), ``unisam_segmentation`` (Labels, from
+"segment all"). Slow work (embedding, propagation, segment all) runs in a worker thread with napari
+progress; decoding a prompt is fast and runs synchronously on each prompt change.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, Select, SpinBox
+from napari.layers import Image, Labels, Points, Shapes
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+import unisam
+from unisam.registry import list_models
+from unisam.runtime.propagate import propagate_steps
+from unisam.runtime.tiling import embed_tiles, segment_everything_tiled, segment_tiled
+from unisam.weights import WeightsNotFoundError, cache_dir
+
+from ._convert import ImageSource, image_source, prompt_on_slice
+
+POINTS, BOXES = "point_prompts", "box_prompts"
+CURRENT, COMMITTED, SEGMENTATION = "current_object", "committed_objects", "unisam_segmentation"
+POLARITY_COLOURS = {True: "lime", False: "red"}
+KEYS = {"segment": "Shift-S", "commit": "Shift-C", "toggle_polarity": "Shift-T", "clear_prompts": "Shift-X"}
+_DONE = ("added", "removed", "changed")  # data event actions after an edit (not the "-ing" previews)
+
+
+def _reported(action):
+    """Run a widget action; bad input becomes a napari error notification instead of an exception."""
+
+    @functools.wraps(action)
+    def run(self, *args, **kwargs):
+        try:
+            return action(self, *args, **kwargs)
+        except (ValueError, WeightsNotFoundError) as error:
+            show_error(f"unisam: {error}")
+            return None
+
+    return run
+
+
+class UnisamWidget(Container):
+    """Interactive segmentation with unisam: embed, prompt, commit, propagate, segment all."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, embedding_dir: str | Path | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.embedding_dir = Path(embedding_dir) if embedding_dir else cache_dir() / "embeddings"
+        self.worker = None  # the running background job, if any
+        self._predictors: dict[str, unisam.Predictor] = {}
+        self._muted = False  # set while the widget itself edits the prompt layers
+
+        self.images = Select(label="image layer(s)", choices=self._image_choices, allow_multiple=True)
+        self.images.tooltip = "one layer (grey or RGB), or 2-3 grey layers used as channels; none = topmost image"
+        self.images.native.setMaximumHeight(90)
+        self.model = ComboBox(label="model", choices=list_models(), value=unisam.default_model())
+        self.tiled = CheckBox(text="large image: work in tiles")
+        self.polarity = Label(value="new points: positive")
+        buttons = {
+            "embed": "Compute embeddings",
+            "segment": f"Segment [{KEYS['segment']}]",
+            "toggle_polarity": f"Toggle polarity [{KEYS['toggle_polarity']}]",
+            "commit": f"Commit object [{KEYS['commit']}]",
+            "clear_prompts": f"Clear prompts [{KEYS['clear_prompts']}]",
+            "propagate": "Propagate through stack",
+            "segment_all": "Segment all",
+        }
+        self.buttons = {name: PushButton(text=text) for name, text in buttons.items()}
+        self.points_per_side = SpinBox(label="points per side", value=16, min=2, max=64)  # 32 is SAM's; 16 is 4x faster
+        self.pred_iou_thresh = FloatSpinBox(label="min predicted IoU", min=0.0, max=1.0, step=0.05)
+        self.stability_thresh = FloatSpinBox(label="min stability", min=0.0, max=1.0, step=0.05)
+        self._use_model_thresholds()
+        self.model.changed.connect(self._use_model_thresholds)
+        self.extend(
+            [
+                self.images,
+                self.model,
+                self.tiled,
+                self.buttons["embed"],
+                self.polarity,
+                *(self.buttons[n] for n in ("segment", "toggle_polarity", "commit", "clear_prompts", "propagate")),
+                self.points_per_side,
+                self.pred_iou_thresh,
+                self.stability_thresh,
+                self.buttons["segment_all"],
+            ]
+        )
+        for name in buttons:
+            self.buttons[name].changed.connect(getattr(self, name))
+        for name, key in KEYS.items():
+            self.viewer.bind_key(key, functools.partial(_call, self, name), overwrite=True)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.images.changed.connect(self._prepare)
+        self._prepare()
+
+    # ------------------------------------------------------------------ actions
+    @_reported
+    def embed(self) -> None:
+        """Embed the image (every slice of a stack, every tile in tiled mode) in the background, so
+        prompts decode at once; embeddings are also kept on disk for the next session."""
+        source, _ = self._source()
+        predictor, tiled = self._predictor(), self.tiled.value
+
+        def work():
+            for z in range(source.n_slices):
+                image = source.image(z)
+                if tiled:
+                    yield from embed_tiles(image, model=predictor)
+                else:
+                    yield predictor.embed(image)
+
+        total = 0 if tiled else source.n_slices  # 0: tile count unknown here, an indeterminate bar
+        self._start(work, total, "unisam: computing embeddings")
+
+    @_reported
+    def segment(self) -> np.ndarray | None:
+        """Segment the current object from the prompts on the current slice into ``current_object``."""
+        source, layer = self._source()
+        points, boxes, current, _ = self._object_layers(source, layer)
+        z = self._slice(source, layer)
+        coords = np.array([layer.world_to_data(points.data_to_world(p)) for p in points.data]).reshape(-1, layer.ndim)
+        corners = [np.array([layer.world_to_data(boxes.data_to_world(v)) for v in shape]) for shape in boxes.data]
+        prompt = prompt_on_slice(coords, points.features["positive"].to_numpy(bool), corners, z, source.shape)
+        data = current.data
+        data[...] = 0
+        mask = None
+        if prompt is not None:
+            run = segment_tiled if self.tiled.value else unisam.segment
+            mask = run(source.image(z), prompt, model=self._predictor()).masks[0]
+            data[(z,) if source.is_stack else ()][mask] = 1
+        current.refresh()
+        return mask
+
+    @_reported
+    def commit(self) -> int | None:
+        """Copy the current object into ``committed_objects`` under a new id; clear the prompts."""
+        source, layer = self._source()
+        _, _, current, committed = self._object_layers(source, layer)
+        mask = current.data > 0
+        if not mask.any():
+            show_warning("unisam: nothing to commit: segment an object first")
+            return None
+        new_id = int(committed.data.max()) + 1
+        committed.data[mask] = new_id
+        committed.refresh()
+        self.clear_prompts()
+        return new_id
+
+    @_reported
+    def clear_prompts(self) -> None:
+        """Remove all prompts and the current object."""
+        source, layer = self._source()
+        points, boxes, current, _ = self._object_layers(source, layer)
+        self._muted = True
+        try:
+            points.data = np.zeros((0, points.ndim))
+            boxes.data = []
+        finally:
+            self._muted = False
+        current.data[...] = 0
+        current.refresh()
+
+    @_reported
+    def toggle_polarity(self) -> bool:
+        """Switch the points added next between positive (object) and negative (background)."""
+        points = self._object_layers(*self._source())[0]
+        positive = not bool(np.asarray(points.feature_defaults["positive"])[0])
+        points.feature_defaults = {"positive": positive}
+        self.polarity.value = f"new points: {'positive' if positive else 'negative'}"
+        return positive
+
+    @_reported
+    def propagate(self) -> None:
+        """Follow an object from the current slice through the stack (core ``propagate``) into
+        ``committed_objects`` under its id, on pixels no other object holds: the current object
+        (committed first), else the newest committed object on this slice."""
+        source, layer = self._source()
+        if not source.is_stack:
+            raise ValueError("propagation needs a 3D stack (z or time) image layer")
+        _, _, current, committed = self._object_layers(source, layer)
+        z = self._slice(source, layer)
+        self._check_idle()
+        object_id = self.commit() if current.data[z].any() else int(committed.data[z].max())
+        if not object_id:
+            raise ValueError("segment (or commit) an object on this slice first, then propagate it")
+        start_mask = committed.data[z] == object_id
+        predictor = self._predictor()
+
+        def work():
+            yield from propagate_steps(source.frames(), z, start_mask, model=predictor)
+
+        def paint(step) -> None:  # other committed objects keep their pixels
+            target = committed.data[step.index]
+            target[step.mask & (target == 0)] = object_id
+            committed.refresh()
+
+        self._start(work, source.n_slices - 1, "unisam: propagating", on_yield=paint)
+
+    @_reported
+    def segment_all(self) -> None:
+        """Automatic masks for the current slice (core ``segment_everything``, tiled in tiled mode) into
+        ``unisam_segmentation``."""
+        source, layer = self._source()
+        z = self._slice(source, layer)
+        image, predictor = source.image(z), self._predictor()
+        params = dict(
+            points_per_side=self.points_per_side.value,
+            pred_iou_thresh=self.pred_iou_thresh.value,
+            stability_score_thresh=self.stability_thresh.value,
+        )
+        run = segment_everything_tiled if self.tiled.value else unisam.segment_everything
+
+        def work():
+            yield run(image, model=predictor, **params)
+
+        def show(instances: unisam.Instances) -> None:
+            labels = self._labels_layer(SEGMENTATION, source, layer)
+            labels.data[(z,) if source.is_stack else ()][...] = instances.to_label_image()
+            labels.refresh()
+            show_info(f"unisam: {len(instances)} objects")
+
+        self._start(work, 0, "unisam: segmenting everything", on_yield=show)
+
+    # ------------------------------------------------------------------ helpers
+    def _use_model_thresholds(self, _value=None) -> None:
+        """Segment-all thresholds: the chosen model's own defaults (:func:`unisam.everything_defaults`)."""
+        defaults = unisam.everything_defaults(self.model.value)
+        self.pred_iou_thresh.value = defaults["pred_iou_thresh"]
+        self.stability_thresh.value = defaults["stability_score_thresh"]
+
+    def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _on_layers_changed(self, event) -> None:
+        self.images.reset_choices()
+        if isinstance(event.value, Image):
+            self._prepare()
+
+    def _prepare(self) -> None:
+        """Create the prompt and object layers for the selected image, if it can be segmented (problems
+        are reported when the user acts)."""
+        try:
+            self._object_layers(*self._source())
+        except ValueError:
+            pass
+
+    def _source(self) -> tuple[ImageSource, Image]:
+        """The selected image layer(s) as an ImageSource, and the layer whose transform prompts use."""
+        layers = list(self.images.value) or [layer for _, layer in self._image_choices()][-1:]
+        source = image_source([layer.data for layer in layers], [layer.rgb for layer in layers])
+        return source, layers[0]
+
+    def _predictor(self) -> unisam.Predictor:
+        name = self.model.value
+        if name not in self._predictors:
+            self._predictors[name] = unisam.load_model(name, disk_cache=self.embedding_dir)
+        return self._predictors[name]
+
+    def _slice(self, source: ImageSource, layer: Image) -> int | None:
+        """The stack slice shown in the viewer (None for a 2D image)."""
+        if not source.is_stack:
+            return None
+        z = int(np.round(layer.world_to_data(self.viewer.dims.point)[0]))
+        return min(max(z, 0), source.n_slices - 1)
+
+    def _object_layers(self, source: ImageSource, layer: Image) -> tuple[Points, Shapes, Labels, Labels]:
+        """The prompt and object layers, created (or re-created for another image shape) as needed."""
+        ndim = len(source.labels_shape)
+        points = self._prompt_layer(POINTS, Points, ndim, layer)
+        if points is None:
+            points = self.viewer.add_points(
+                np.zeros((0, ndim)),
+                name=POINTS,
+                features={"positive": np.zeros(0, bool)},
+                feature_defaults={"positive": True},
+                face_color="positive",
+                face_color_cycle=POLARITY_COLOURS,
+                border_color="white",
+                size=max(source.shape) / 40,
+                scale=layer.scale,
+                translate=layer.translate,
+            )
+            points.events.data.connect(self._on_prompts_changed)
+            points.mode = "add"
+            self.viewer.layers.selection.active = points
+        boxes = self._prompt_layer(BOXES, Shapes, ndim, layer)
+        if boxes is None:
+            boxes = self.viewer.add_shapes(
+                name=BOXES,
+                ndim=ndim,
+                face_color="transparent",
+                edge_color="yellow",
+                edge_width=max(source.shape) / 200,
+                scale=layer.scale,
+                translate=layer.translate,
+            )
+            boxes.events.data.connect(self._on_prompts_changed)
+        committed = self._labels_layer(COMMITTED, source, layer)
+        current = self._labels_layer(CURRENT, source, layer)
+        return points, boxes, current, committed
+
+    def _labels_layer(self, name: str, source: ImageSource, layer: Image) -> Labels:
+        """A Labels layer over the image: reused when it has the image's shape (and moved onto the image
+        if that has another scale or translate), else made anew."""
+        labels = self.viewer.layers[name] if name in self.viewer.layers else None
+        if not isinstance(labels, Labels) or labels.data.shape != source.labels_shape:
+            if labels is not None:
+                self.viewer.layers.remove(labels)
+            labels = self.viewer.add_labels(np.zeros(source.labels_shape, np.int32), name=name)
+        if not (np.array_equal(labels.scale, layer.scale) and np.array_equal(labels.translate, layer.translate)):
+            labels.scale, labels.translate = layer.scale, layer.translate
+        return labels
+
+    def _prompt_layer(self, name: str, kind: type, ndim: int, layer: Image):
+        """An existing prompt layer of the right kind and dimensionality (None when it must be made)."""
+        if name not in self.viewer.layers:
+            return None
+        found = self.viewer.layers[name]
+        if isinstance(found, kind) and found.ndim == ndim:
+            return found
+        self.viewer.layers.remove(found)
+        return None
+
+    def _on_prompts_changed(self, event) -> None:
+        if not self._muted and str(getattr(event, "action", "changed")) in _DONE:
+            self.segment()
+
+    def _start(self, work, total: int, description: str, on_yield=None) -> None:
+        """Run the generator function ``work`` in a worker thread with a napari progress bar."""
+        self._check_idle()
+        worker = thread_worker(work, progress={"total": total, "desc": description}, ignore_errors=True)()
+        if on_yield is not None:
+            worker.yielded.connect(on_yield)
+        worker.errored.connect(lambda error: show_error(f"unisam: {error}"))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+
+    def _check_idle(self) -> None:
+        if self.worker is not None:
+            raise ValueError("another unisam job is still running; wait for it to finish")
+
+    def _finished(self) -> None:
+        self.worker = None
+
+
+def _call(widget: UnisamWidget, action: str, _viewer=None) -> None:
+    """Keyboard shortcut handler (napari passes the viewer)."""
+    getattr(widget, action)()
