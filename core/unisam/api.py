@@ -15,7 +15,7 @@ import numpy as np
 
 from .images import load_image
 from .instances import Instances, masks_to_boxes
-from .prompts import Prompt, make_prompt
+from .prompts import Prompt, collect_prompts
 from .registry import BUNDLED_MODEL, ONNX_FORMAT, ArchSpec, ModelCard, get_card, list_models
 from .runtime.cache import DiskEmbeddingCache
 from .runtime.everything import segment_everything as _segment_everything
@@ -152,16 +152,7 @@ def segment(
     """
     predictor = get_model(model)
     embedding = predictor.embed(image)
-    size = embedding.original_size
-    if prompts is None:
-        items = [make_prompt(points, labels, box, image_size=size)]
-    else:
-        if points is not None or labels is not None or box is not None:
-            raise ValueError("give either prompts or points/labels/box, not both")
-        items = [prompts] if isinstance(prompts, Prompt) else list(prompts)
-        if not items:
-            raise ValueError("no prompts given")
-        items = [make_prompt(p.points, p.labels, p.box, p.mask, p.label, image_size=size) for p in items]
+    items = collect_prompts(prompts, points, labels, box, image_size=embedding.original_size)
     flags = [p.is_single_point if multimask is None else multimask for p in items]
     predictions = predictor.predict_prompts(embedding, items, flags, best_only=True)
     masks = np.stack([p.masks[0] for p in predictions])

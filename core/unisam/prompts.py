@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,3 +94,18 @@ def make_prompt(
     if pts is None and bx is None and msk is None:
         raise ValueError("empty prompt: give at least one point, a box or a mask")
     return Prompt(points=pts, labels=lbl, box=bx, mask=msk, label=label)
+
+
+def collect_prompts(
+    prompts: Prompt | Sequence[Prompt] | None, points=None, labels=None, box=None, *, image_size: tuple[int, int]
+) -> list[Prompt]:
+    """The validated prompts of a ``segment``-style call: ``prompts`` (one or many), or the fields of a
+    single prompt as ``points`` / ``labels`` / ``box`` (not both ways at once)."""
+    if prompts is None:
+        return [make_prompt(points, labels, box, image_size=image_size)]
+    if points is not None or labels is not None or box is not None:
+        raise ValueError("give either prompts or points/labels/box, not both")
+    items = [prompts] if isinstance(prompts, Prompt) else list(prompts)
+    if not items:
+        raise ValueError("no prompts given")
+    return [make_prompt(p.points, p.labels, p.box, p.mask, p.label, image_size=image_size) for p in items]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..images import load_image
 from ..instances import Instances, masks_to_boxes
-from ..prompts import Prompt, make_prompt
+from ..prompts import Prompt, collect_prompts
 from .cache import Embedding
 from .everything import is_box_near_crop_edge, nms
 from .everything import segment_everything as _segment_everything
@@ -123,15 +123,7 @@ def segment_tiled(
     height, width = image.shape[:2]
     size, lap = _tiling(predictor, tile_size, overlap)
     tiles = tile_boxes((height, width), size, lap)
-    if prompts is None:
-        items = [make_prompt(points, labels, box, image_size=(height, width))]
-    elif points is not None or labels is not None or box is not None:
-        raise ValueError("give either prompts or points/labels/box, not both")
-    else:
-        items = [prompts] if isinstance(prompts, Prompt) else list(prompts)
-        if not items:
-            raise ValueError("no prompts given")
-        items = [make_prompt(p.points, p.labels, p.box, p.mask, p.label, image_size=(height, width)) for p in items]
+    items = collect_prompts(prompts, points, labels, box, image_size=(height, width))
     parts = []
     for p in items:
         if p.mask is not None:
