@@ -1,0 +1,295 @@
+"""The Label Studio ML backend: ``predict(tasks, context)`` and ``fit(event, data)`` on top of unisam.
+
+It holds no model logic: it reads the labeling config, fetches task images, turns smart-tool clicks
+into a :class:`unisam.Prompt` and unisam's masks into brush regions. The model is the process-wide
+shared predictor (:func:`unisam.get_model`), loaded on first use, so every annotator's requests share
+one model and one memory-bounded embedding cache: the first click on an image runs the encoder,
+later clicks only the decoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import unisam
+from label_studio_sdk.label_interface import LabelInterface
+from unisam.registry import list_models
+
+from .images import ImageError, TaskImages
+from .regions import brush_region, parse_context
+
+logger = logging.getLogger(__name__)
+
+EVERYTHING_PARAMS = frozenset(unisam.everything_defaults(unisam.registry.BUNDLED_MODEL))  # the names
+TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Backend configuration; :meth:`from_env` reads the environment variables named below.
+
+    model (``UNISAM_MODEL``): a registered model name or a directory written by ``unisam export``;
+    None = :func:`unisam.default_model`. label_studio_url (``LABEL_STUDIO_URL``, or
+    ``LABEL_STUDIO_HOST``) and api_key (``LABEL_STUDIO_API_KEY``, or ``LABEL_STUDIO_ACCESS_TOKEN``):
+    where task images live and the token to fetch them; without them, the hostname and token Label
+    Studio sends to ``/setup`` are used. everything (``UNISAM_EVERYTHING_PARAMS``, a JSON object):
+    default :func:`unisam.segment_everything` parameters for batch predictions. basic_auth
+    (``BASIC_AUTH_USER`` + ``BASIC_AUTH_PASS``): require these HTTP basic credentials on every request.
+    image_cache_mb (``UNISAM_IMAGE_CACHE_MB``, default 256): memory for recently fetched images.
+    """
+
+    model: str | None = None
+    label_studio_url: str | None = None
+    api_key: str | None = None
+    everything: Mapping[str, object] = field(default_factory=dict)
+    basic_auth: tuple[str, str] | None = None
+    image_cache_mb: float = 256
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Settings from environment variables (empty values count as unset)."""
+        get = lambda *names: next((environ[n] for n in names if environ.get(n)), None)  # noqa: E731
+        everything = get("UNISAM_EVERYTHING_PARAMS")
+        try:
+            params = json.loads(everything) if everything else {}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"UNISAM_EVERYTHING_PARAMS is not valid JSON: {error}") from None
+        user, password = get("BASIC_AUTH_USER"), get("BASIC_AUTH_PASS")
+        return cls(
+            model=get("UNISAM_MODEL"),
+            label_studio_url=get("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"),
+            api_key=get("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
+            everything=check_everything_params(params, "UNISAM_EVERYTHING_PARAMS"),
+            basic_auth=(user, password) if user and password else None,
+            image_cache_mb=float(get("UNISAM_IMAGE_CACHE_MB") or 256),
+        )
+
+
+def check_everything_params(params: object, source: str) -> dict:
+    """Validate segment-everything parameters (names of :func:`unisam.segment_everything`'s options)."""
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{source} must be a JSON object of segment-everything parameters; got {params!r}")
+    unknown = sorted(set(params) - EVERYTHING_PARAMS)
+    if unknown:
+        known = sorted(EVERYTHING_PARAMS)
+        raise ValueError(f"{source}: unknown segment-everything parameters {unknown}; known: {known}")
+    return dict(params)
+
+
+@dataclass(frozen=True)
+class ProjectSetup:
+    """What ``/setup`` told the backend about one project.
+
+    hostname, access_token: Label Studio's address and the project creator's token (used when the
+    environment gives none). everything: segment-everything parameters from the ML backend's extra
+    params; label: the brush label of batch predictions (default: the first one of the config).
+    """
+
+    hostname: str | None = None
+    access_token: str | None = None
+    everything: Mapping[str, object] = field(default_factory=dict)
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class BrushTarget:
+    """The ``<BrushLabels>`` control that receives masks: its name, the ``<Image>`` tag it labels, the
+    task data key of that image (``$image`` -> ``image``) and its label values."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, label_config: str, to_name: str | None = None) -> BrushTarget:
+        """The first BrushLabels control of an Image (the one of image ``to_name`` if given)."""
+        if not isinstance(label_config, str) or not label_config.strip():
+            raise ValueError("the request has no label_config (the project's labeling config XML)")
+        try:
+            interface = LabelInterface(label_config)
+        except Exception as error:  # the SDK raises its own XML and validation error types
+            raise ValueError(f"cannot parse the labeling config: {error}") from None
+        name_filter = None if to_name is None else (lambda name: name == to_name)
+        try:
+            from_name, image, data_key = interface.get_first_tag_occurence(
+                "BrushLabels", "Image", to_name_filter=name_filter
+            )
+        except ValueError:
+            target = "an <Image>" if to_name is None else f"the <Image name={to_name!r}> that was clicked"
+            raise ValueError(
+                f"the labeling config has no <BrushLabels> control for {target}: unisam answers with brush "
+                "masks, so add <BrushLabels name=... toName=...> with the same labels as the smart tools"
+            ) from None
+        return cls(from_name, image, data_key, tuple(interface.get_control(from_name).labels))
+
+    def check_label(self, label: str | None) -> str:
+        """``label`` if it is one of the brush labels; None -> the first brush label."""
+        if label is None:
+            if not self.labels:
+                raise ValueError(f"<BrushLabels name={self.from_name!r}> has no <Label> values")
+            return self.labels[0]
+        if label not in self.labels:
+            raise ValueError(
+                f"label {label!r} is not a label of <BrushLabels name={self.from_name!r}> {list(self.labels)}: "
+                "give the smart tools and the brush the same label values"
+            )
+        return label
+
+
+class UnisamBackend:
+    """unisam as a Label Studio ML backend; thread-safe, one instance serves every project."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self.images = TaskImages(int(self.settings.image_cache_mb * 2**20))
+        self._projects: dict[str, ProjectSetup] = {}
+        self._lock = threading.Lock()  # guards _projects
+        self._model_lock = threading.Lock()  # a slow model load must not block /setup
+        self._predictor: unisam.Predictor | None = None
+        choice = Path(self.settings.model) if self.settings.model else None
+        self._export_dir = choice if choice is not None and choice.is_dir() else None
+        #: the configured model: a registered name, or the name of an export directory
+        self.model_name = self._export_dir.name if self._export_dir else self.settings.model or unisam.default_model()
+        if self._export_dir is None and self.model_name not in list_models():
+            raise ValueError(
+                f"unknown model {self.model_name!r}: give a registered model ({', '.join(list_models())}) "
+                "or a directory written by `unisam export`"
+            )
+
+    # ------------------------------------------------------------------ model
+    @property
+    def model_version(self) -> str:
+        """The version Label Studio stores with predictions (cheap: does not load the model)."""
+        return self.model_name
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._predictor is not None
+
+    @property
+    def predictor(self) -> unisam.Predictor:
+        """The shared predictor, loaded on first use (:func:`unisam.get_model` for registered names).
+        Raises RuntimeError when the model cannot be loaded (e.g. its weights are not downloaded)."""
+        with self._model_lock:
+            if self._predictor is None:
+                try:
+                    if self._export_dir is not None:
+                        self._predictor = unisam.load_model(weights=self._export_dir)
+                    else:
+                        self._predictor = unisam.get_model(self.model_name)
+                except Exception as error:
+                    raise RuntimeError(f"cannot load model {self.model_name!r}: {error}") from error
+            return self._predictor
+
+    # ------------------------------------------------------------------ protocol
+    def setup(
+        self,
+        project: str | None,
+        label_config: str | None = None,
+        *,
+        hostname: str | None = None,
+        access_token: str | None = None,
+        extra_params: Mapping | None = None,
+    ) -> str:
+        """Remember a project's connection details and extra params; returns the model version.
+
+        extra_params: segment-everything parameters plus an optional ``label`` for batch predictions.
+        """
+        extra = dict(extra_params or {})
+        label = extra.pop("label", None)
+        setup = ProjectSetup(hostname, access_token, check_everything_params(extra, "extra params"), label)
+        if label is not None and label_config:
+            BrushTarget.from_config(label_config).check_label(label)
+        with self._lock:
+            self._projects[_project_id(project)] = setup
+        return self.model_version
+
+    def predict(
+        self, tasks: list[dict], context: dict | None = None, *, label_config: str, project: str | None = None
+    ) -> list[dict]:
+        """One prediction ``{"result": [regions], "score", "model_version"}`` per task.
+
+        With a smart-tool ``context`` (interactive labeling; one task), the clicked object as one
+        brush region with the clicked label; bad input raises ValueError, an unreachable image
+        :class:`~unisam_labelstudio.images.ImageError`. Without (batch pre-labeling), every object
+        found by :func:`unisam.segment_everything` as one brush region each; a task whose image fails
+        gets ``{"error": message}`` instead, which Label Studio skips, so the other tasks still get theirs.
+        """
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise ValueError("'tasks' must be a list of task objects")
+        setup = self._setup_of(project)
+        if context:
+            if len(tasks) != 1:
+                raise ValueError(f"an interactive request (with a context) needs exactly one task, got {len(tasks)}")
+            return [self._predict_clicks(tasks[0], context, label_config, setup)]
+        target = BrushTarget.from_config(label_config)
+        label = target.check_label(setup.label)
+        params = {**self.settings.everything, **setup.everything}
+        results = []
+        for task in tasks:
+            try:
+                results.append(self._predict_everything(task, target, label, params, setup))
+            except (ValueError, ImageError) as error:
+                logger.warning("no prediction for task %s: %s", task.get("id"), error)
+                results.append({"error": str(error), "task": task.get("id")})
+        return results
+
+    def fit(self, event: str, data: dict) -> dict:
+        """Label Studio's training hook (annotation events, "Start Training"). unisam models are
+        trained offline (``unisam.train``), so annotations are acknowledged and not learned from."""
+        logger.info("event %s for project %s: nothing to train", event, (data.get("project") or {}).get("id"))
+        return {"trained": False, "model_version": self.model_version}
+
+    # ------------------------------------------------------------------ internals
+    def _setup_of(self, project: str | None) -> ProjectSetup:
+        with self._lock:
+            return self._projects.get(_project_id(project), ProjectSetup())
+
+    def _image(self, task: dict, data_key: str, setup: ProjectSetup) -> np.ndarray:
+        data = task.get("data")
+        if not isinstance(data, dict) or data_key not in data:
+            raise ValueError(f"task {task.get('id')} has no {data_key!r} in its data (the <Image> value ${data_key})")
+        return self.images.load(
+            data[data_key],
+            hostname=self.settings.label_studio_url or setup.hostname,
+            token=self.settings.api_key or setup.access_token,
+            task_id=task.get("id"),
+        )
+
+    def _predict_clicks(self, task: dict, context: dict, label_config: str, setup: ProjectSetup) -> dict:
+        clicks = parse_context(context)
+        target = BrushTarget.from_config(label_config, clicks.to_name)
+        label = target.check_label(clicks.label)
+        image = self._image(task, target.data_key, setup)
+        points, labels, box = clicks.in_pixels(width=image.shape[1], height=image.shape[0])
+        found = unisam.segment(image, unisam.Prompt(points, labels, box, label=label), model=self.predictor)
+        score = float(found.scores[0])
+        region = brush_region(
+            found.masks[0], from_name=target.from_name, to_name=target.to_name, label=label, score=score
+        )
+        return {"result": [region], "score": score, "model_version": self.model_version}
+
+    def _predict_everything(
+        self, task: dict, target: BrushTarget, label: str, params: dict, setup: ProjectSetup
+    ) -> dict:
+        image = self._image(task, target.data_key, setup)
+        found = unisam.segment_everything(image, model=self.predictor, **params)
+        regions = [
+            brush_region(mask, from_name=target.from_name, to_name=target.to_name, label=label, score=score)
+            for mask, score in zip(found.masks, found.scores.tolist(), strict=True)
+        ]
+        score = float(np.mean(found.scores)) if len(found) else 0.0
+        return {"result": regions, "score": score, "model_version": self.model_version}
+
+
+def _project_id(project: str | None) -> str:
+    """Label Studio's project uid ``"<id>.<created timestamp>"`` -> ``"<id>"``."""
+    return str(project).split(".", 1)[0] if project is not None else ""
