@@ -88,11 +88,13 @@ def test_box_prompts_recover_held_out_synthetic_objects(kind):
 
 
 def test_readme_main_command_segments_the_clicked_nucleus(empty_cache, tmp_path):
-    """`unisam segment examples/nuclei.png --point 334,303 --out mask.png` on a fresh machine (empty cache)."""
-    out = tmp_path / "mask.png"
+    """The README's main command (its `unisam segment ...` part, as written there), with an empty cache."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "pip install ." in line).split("&& unisam ")[1].split()
+    assert command[:4] == ["segment", "examples/nuclei.png", "--point", "334,303"] and command[-2] == "--out"
+    out = tmp_path / command[-1]
     exe = Path(sys.executable).with_name("unisam")
-    done = subprocess.run([str(exe), "segment", "examples/nuclei.png", "--point", "334,303", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([str(exe), *command[:-1], str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     mask = np.array(Image.open(out)) > 0
     grey = np.asarray(Image.open(ROOT / "examples" / "nuclei.png").convert("L"), float)
