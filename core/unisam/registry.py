@@ -21,9 +21,15 @@ class ArchSpec:
 
     ``encoder`` is one of ``"repvit"`` (EdgeSAM), ``"vit"`` (SAM), ``"tiny_vit"`` (MobileSAM);
     ``encoder_kwargs`` go to that encoder's constructor. The encoder maps a ``(B, 3, image_size,
-    image_size)`` normalised, zero-padded image to a ``(B, embed_dim, image_size // 16,
+    image_size)`` normalised, zero-padded image to a ``(B, embedding_chans, image_size // 16,
     image_size // 16)`` embedding; the decoder returns low-resolution mask logits of
     ``(image_size // 4, image_size // 4)``.
+
+    ``hires_chans > 0`` (RepViT only) adds a high-resolution path: the encoder also projects its
+    stride-4 features to ``hires_chans`` channels and carries them in the embedding, space-to-depth
+    (``16 * hires_chans`` extra channels after the ``embed_dim`` ones), and the decoder fuses them
+    with its upscaled features before the masks are formed. The embedding stays one tensor, so the
+    runtime and its caches are unchanged. 0 is SAM's decoder (all official models).
     """
 
     encoder: str
@@ -39,6 +45,12 @@ class ArchSpec:
     num_multimask_outputs: int = 3
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
+    hires_chans: int = 0
+
+    @property
+    def embedding_chans(self) -> int:
+        """Channels of the image embedding: ``embed_dim`` plus the space-to-depth high-res features."""
+        return self.embed_dim + 16 * self.hires_chans
 
     @property
     def embedding_size(self) -> int:

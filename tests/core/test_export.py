@@ -163,3 +163,60 @@ def test_padded_prompt_batch_matches_official_decoder(exported):
         logit_diff = _max_rel_diff(low_res[i : i + 1], ref_masks)
         assert logit_diff <= LOGIT_TOL, f"prompt {i} ({n} points): max rel low-res logit diff {logit_diff:.3g}"
         assert _max_rel_diff(iou[i : i + 1], ref_iou) <= LOGIT_TOL
+
+
+@pytest.fixture(scope="module")
+def exported_hires(tmp_path_factory):
+    """unisam's small architecture with the high-resolution path (stride-4 features in the embedding)."""
+    from unisam.train.recipe import STUDENT
+
+    spec = dataclasses.replace(STUDENT, hires_chans=8)
+    sam = build_sam(spec).eval()
+    _randomise(sam)
+    return sam, export_onnx(sam, tmp_path_factory.mktemp("onnx-hires"))
+
+
+def test_hires_embedding_carries_stride4_features(exported_hires):
+    sam, paths = exported_hires
+    spec = sam.spec
+    assert spec.embedding_chans == spec.embed_dim + 16 * 8
+    image = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = sam.image_encoder(image).numpy()
+    (out,) = _session(paths.encoder).run(["image_embeddings"], {"image": image.numpy()})
+    assert out.shape == (1, spec.embedding_chans, GRID, GRID)
+    assert _max_rel_diff(out, ref) <= ENCODER_TOL
+    # the extra channels are stride-4 features: changing one input pixel changes them near it
+    # (squeeze-excite blocks spread a far smaller global change)
+    bumped = image.clone()
+    bumped[..., 100, 100] += 5
+    with torch.no_grad():
+        delta = sam.image_encoder(bumped) - sam.image_encoder(image)
+    change = torch.nn.functional.pixel_shuffle(delta[:, spec.embed_dim:], 4)[0].abs().amax(0)  # (S/4, S/4)
+    near = torch.zeros_like(change, dtype=torch.bool)
+    near[21:30, 21:30] = True
+    assert change[near].max() > 100 * change[~near].max()
+
+
+@pytest.mark.parametrize("case", ["points", "box", "mask+point"])
+def test_hires_decoder_graph_matches_torch(exported_hires, case):
+    sam, paths = exported_hires
+    coords, labels, mask = _cases()[case]
+    embedding = torch.randn(1, sam.spec.embedding_chans, GRID, GRID, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref_masks, ref_iou = sam.forward_decoder(embedding, coords, labels, mask, num_outputs=4)
+        # the high-res channels matter: zeroing them changes the masks
+        flat = embedding.clone()
+        flat[:, sam.spec.embed_dim:] = 0
+        assert (sam.forward_decoder(flat, coords, labels, mask, num_outputs=4)[0] - ref_masks).abs().max() > 1e-3
+    feed = _feed(embedding, coords, labels, mask, None if mask is None else torch.ones(1))
+    iou, masks = _session(paths.decoder).run(DECODER_OUTPUTS, {k: v.numpy() for k, v in feed.items()})
+    assert _max_rel_diff(masks, ref_masks.numpy()) <= LOGIT_TOL
+    assert _max_rel_diff(iou, ref_iou.numpy()) <= LOGIT_TOL
+
+
+def test_decoder_rejects_an_embedding_of_the_wrong_width(exported_hires):
+    sam, _ = exported_hires
+    coords, labels, _ = _cases()["box"]
+    with pytest.raises(ValueError, match="channels"):
+        sam.forward_decoder(torch.zeros(1, sam.spec.embed_dim, GRID, GRID), coords, labels)

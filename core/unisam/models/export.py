@@ -148,6 +148,26 @@ class DecoderGraph(nn.Module):
         x = F.gelu(torch.addmm(deconv2.bias.repeat(4), x, w2))
         return x.reshape(keys.shape[0], -1, c2)
 
+    def _split(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embedding ``(1, C [+ 16 * hires_chans], h, w)`` -> tokens ``(1, C, h, w)`` and the high-res
+        features after their convolution, channel-last in :meth:`_upscale`'s pixel order
+        ``(1, hw * 16, C/8)`` (None without the high-res path)."""
+        decoder = self.mask_decoder
+        tokens, hires = decoder.split_embeddings(image_embeddings)
+        if hires is None:
+            return tokens, None
+        _, c2, hh, ww = hires.shape  # pixel (4i + 2a + c, 4j + 2b + d) -> [i, j, (a, b), (c, d)]
+        hires = hires.reshape(1, c2, hh // 4, 2, 2, ww // 4, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
+        return tokens, hires.reshape(1, -1, c2)
+
+    def _fuse_hires(self, upscaled: torch.Tensor, hires: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`MaskDecoder.fuse_hires` on channel-last features ``(B, hw * 16, C/8)``."""
+        if hires is None:
+            return upscaled
+        mix = self.mask_decoder.hires_mix
+        x = upscaled + hires
+        return x + F.gelu(x @ mix.weight.flatten(1).t() + mix.bias)
+
     def _transformer(self, image: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two-way transformer on channel-last image tokens ``(B, hw, C)`` and tokens ``(B, T, C)``."""
         transformer = self.mask_decoder.transformer
@@ -186,6 +206,7 @@ class DecoderGraph(nn.Module):
         conv3 = self.prompt_encoder.mask_downscaling[-1]
         no_mask = self.prompt_encoder.no_mask_embed.weight
         has = has_mask_input.reshape(-1, 1, 1)
+        image_embeddings, hires = self._split(image_embeddings)
         image = image_embeddings.flatten(2).transpose(1, 2) + (no_mask + has * (conv3.bias - no_mask))
         image = image + (has * self._mask_features(mask_input)) @ conv3.weight.flatten(1).t()
 
@@ -196,7 +217,7 @@ class DecoderGraph(nn.Module):
         hyper = torch.stack(
             [mlp(queries[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
         )  # (B, K, C/8)
-        masks = hyper @ self._upscale(keys).transpose(1, 2)  # (B, K, hw * 16)
+        masks = hyper @ self._fuse_hires(self._upscale(keys), hires).transpose(1, 2)  # (B, K, hw * 16)
         masks = masks.reshape(bs, -1, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
         masks = masks.reshape(bs, -1, 4 * h, 4 * w)
         return decoder.iou_prediction_head(queries[:, 0]), masks
@@ -262,7 +283,7 @@ def _export_graphs(
     with torch.no_grad():
         _export(encoder, (torch.zeros(1, 3, size, size),), paths.encoder, ENCODER_INPUTS, ENCODER_OUTPUTS, {}, opset)
         example = (
-            torch.zeros(1, spec.embed_dim, grid, grid),
+            torch.zeros(1, spec.embedding_chans, grid, grid),
             torch.zeros(2, 3, 2),
             torch.ones(2, 3),
             torch.zeros(2, 1, 4 * grid, 4 * grid),

@@ -3,6 +3,12 @@
 Parameter names and shapes match ``segment_anything`` / EdgeSAM (``mask_decoder.*`` keys). The decoder
 always computes ``num_multimask_outputs + 1`` masks: index 0 is the single-mask output, 1.. the
 multimask outputs; ``select_outputs`` picks 1, 3 (multimask) or 4 (all) of them as EdgeSAM does.
+
+With ``hires_chans > 0`` (unisam's own small models) the embedding carries stride-4 encoder features
+after its first ``transformer_dim`` channels (space-to-depth, see ``ArchSpec``). They go through a
+3x3 convolution once per image and are added to each prompt's upscaled features, followed by a
+residual per-pixel mix, so the masks follow image edges at stride 4 instead of being interpolated
+from the stride-16 tokens.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class MaskDecoder(nn.Module):
         num_multimask_outputs: int = 3,
         iou_head_depth: int = 3,
         iou_head_hidden_dim: int = 256,
+        hires_chans: int = 0,
     ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
@@ -56,6 +63,31 @@ class MaskDecoder(nn.Module):
             MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        self.hires_chans = hires_chans
+        if hires_chans:
+            self.hires_conv = nn.Conv2d(hires_chans, transformer_dim // 8, kernel_size=3, padding=1)
+            self.hires_mix = nn.Conv2d(transformer_dim // 8, transformer_dim // 8, kernel_size=1)
+
+    def split_embeddings(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(E, C [+ 16 * hires_chans], h, w)`` -> tokens ``(E, C, h, w)`` and high-res features
+        ``(E, C/8, 4h, 4w)`` after their convolution (None without the high-res path)."""
+        c = self.transformer_dim
+        if image_embeddings.shape[1] != c + 16 * self.hires_chans:
+            raise ValueError(
+                f"image embeddings have {image_embeddings.shape[1]} channels, the decoder expects "
+                f"{c + 16 * self.hires_chans}"
+            )
+        if not self.hires_chans:
+            return image_embeddings, None
+        hires = F.pixel_shuffle(image_embeddings[:, c:], 4)
+        return image_embeddings[:, :c], F.gelu(self.hires_conv(hires))
+
+    def fuse_hires(self, upscaled: torch.Tensor, hires: torch.Tensor | None) -> torch.Tensor:
+        """Upscaled features ``(B, C/8, 4h, 4w)`` + high-res features ``(B or 1, C/8, 4h, 4w)``."""
+        if hires is None:
+            return upscaled
+        x = upscaled + hires
+        return x + F.gelu(self.hires_mix(x))
 
     def predict_masks(
         self,
@@ -66,12 +98,13 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All outputs for B prompts.
 
-        ``image_embeddings (B or 1, C, h, w)``, ``image_pe (1, C, h, w)``, ``sparse_prompt_embeddings
+        ``image_embeddings (B or 1, C [+ 16 * hires_chans], h, w)``, ``image_pe (1, C, h, w)``, ``sparse_prompt_embeddings
         (B, T, C)``, ``dense_prompt_embeddings (B or 1, C, h or 1, w or 1)`` -> mask logits
         ``(B, K, 4h, 4w)`` and predicted IoU ``(B, K)`` with ``K = num_multimask_outputs + 1``.
         """
         bs = sparse_prompt_embeddings.shape[0]
         h, w = image_embeddings.shape[-2:]
+        image_embeddings, hires = self.split_embeddings(image_embeddings)
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(bs, -1, -1), sparse_prompt_embeddings], dim=1)
 
@@ -81,7 +114,7 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
 
         src = src.transpose(1, 2).unflatten(2, (h, w)).expand(bs, -1, -1, -1)
-        upscaled = self.output_upscaling(src)  # (B, C/8, 4h, 4w)
+        upscaled = self.fuse_hires(self.output_upscaling(src), hires)  # (B, C/8, 4h, 4w)
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # (B, K, C/8)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .common import check_image, make_neck
 
@@ -208,6 +209,9 @@ class RepViTEncoder(nn.Module):
         fuse: EdgeSAM's stage-fusion neck (sum of the stride-16 and upsampled stride-32 stages);
             ``False`` runs the last stage at stride 16 and uses only its output.
         upsample_mode: ``"bicubic"`` (official), ``"bilinear"`` or ``"nearest"`` for the 2x upsampling.
+        hires_chans: if > 0, the stride-4 features (end of stage 1) are also projected to this many
+            channels and appended to the output space-to-depth: ``(B, out_dim + 16 * hires_chans,
+            S/16, S/16)``.
         cfgs: custom block table (rows ``[k, t, c, SE, HS, s]`` as :data:`M1_CFGS`), e.g. for narrower
             or shallower students: four stages, ``t == 2``, channels multiples of 8, stride 2 exactly
             on the first row of stages 2-4.
@@ -221,6 +225,7 @@ class RepViTEncoder(nn.Module):
         fuse: bool = True,
         upsample_mode: str = "bicubic",
         cfgs: list[list[int]] | None = None,
+        hires_chans: int = 0,
     ) -> None:
         super().__init__()
         if cfgs is None:
@@ -256,16 +261,22 @@ class RepViTEncoder(nn.Module):
         else:
             neck_in = in_ch
         self.neck = make_neck(neck_in, out_dim)
+        self.hires = nn.Conv2d(self.cfgs[self.stage_ends[0]][2], hires_chans, 1) if hires_chans else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised image, S a multiple of 32 -> (B, out_dim, S/16, S/16)."""
+        """(B, 3, S, S) normalised image, S a multiple of 32 -> (B, out_dim [+ 16 * hires_chans], S/16, S/16)."""
         check_image(x, 3, multiple=32)
         x = self.features[0](x)
-        stage16 = x
+        stage4 = stage16 = x
         for idx, block in enumerate(self.features[1:]):
             x = block(x)
+            if idx == self.stage_ends[0]:
+                stage4 = x
             if idx == self.stage_ends[2]:
                 stage16 = x
         if self.fuse:
             x = self.fuse_stage2(stage16) + self.fuse_stage3(x)
-        return self.neck(x)
+        x = self.neck(x)
+        if self.hires is None:
+            return x
+        return torch.cat([x, F.pixel_unshuffle(self.hires(stage4), 4)], 1)

@@ -48,7 +48,7 @@ class Sam(nn.Module):
         return F.pad(x, (0, self.image_size - w, 0, self.image_size - h))
 
     def embed_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Preprocessed ``(B, 3, S, S)`` -> image embeddings ``(B, C, S/16, S/16)``."""
+        """Preprocessed ``(B, 3, S, S)`` -> image embeddings ``(B, spec.embedding_chans, S/16, S/16)``."""
         return self.image_encoder(images)
 
     def forward_decoder(
@@ -119,11 +119,13 @@ def build_image_encoder(spec: ArchSpec) -> nn.Module:
     """The image encoder named by ``spec.encoder``, built with ``spec.encoder_kwargs``."""
     kwargs = dict(spec.encoder_kwargs)
     kwargs["img_size"] = spec.image_size
+    if spec.hires_chans and spec.encoder != "repvit":
+        raise ValueError(f"hires_chans needs the repvit encoder, got {spec.encoder!r}")
     if spec.encoder == "repvit":
         from .repvit import RepViTEncoder
 
         kwargs.setdefault("out_dim", spec.embed_dim)
-        return RepViTEncoder(**kwargs)
+        return RepViTEncoder(**kwargs, hires_chans=spec.hires_chans)
     if spec.encoder == "vit":
         from .vit import ViTEncoder
 
@@ -159,5 +161,6 @@ def build_sam(spec: ArchSpec) -> Sam:
         num_multimask_outputs=spec.num_multimask_outputs,
         iou_head_depth=spec.iou_head_depth,
         iou_head_hidden_dim=spec.iou_head_hidden_dim,
+        hires_chans=spec.hires_chans,
     )
     return Sam(build_image_encoder(spec), prompt_encoder, mask_decoder, spec)

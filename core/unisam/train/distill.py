@@ -76,10 +76,10 @@ def make_student(teacher: Sam, encoder: str, encoder_kwargs: dict[str, Any]) -> 
 
 def _check_pair(teacher: Sam, student: Sam) -> None:
     t, s = teacher.spec, student.spec
-    if (t.image_size, t.embed_dim) != (s.image_size, s.embed_dim):
+    if (t.image_size, t.embedding_chans) != (s.image_size, s.embedding_chans):
         raise ValueError(
-            f"teacher (image_size {t.image_size}, embed_dim {t.embed_dim}) and student (image_size "
-            f"{s.image_size}, embed_dim {s.embed_dim}) must share the input size and embedding width"
+            f"teacher (image_size {t.image_size}, embedding channels {t.embedding_chans}) and student (image_size "
+            f"{s.image_size}, embedding channels {s.embedding_chans}) must share the input size and embedding width"
         )
     if t.pixel_mean != s.pixel_mean or t.pixel_std != s.pixel_std:
         raise ValueError("teacher and student must normalise images the same way (pixel_mean/pixel_std)")
