@@ -220,3 +220,21 @@ def test_decoder_rejects_an_embedding_of_the_wrong_width(exported_hires):
     coords, labels, _ = _cases()["box"]
     with pytest.raises(ValueError, match="channels"):
         sam.forward_decoder(torch.zeros(1, sam.spec.embed_dim, GRID, GRID), coords, labels)
+
+
+def test_a_new_hires_path_starts_as_a_no_op():
+    """Freshly built, the high-res path adds nothing, so a model with it decodes like one without
+    (training from scratch or from a model without the path starts where that model is)."""
+    from unisam.train.recipe import STUDENT
+
+    torch.manual_seed(0)
+    plain = build_sam(dataclasses.replace(STUDENT, hires_chans=0)).eval()
+    hires = build_sam(dataclasses.replace(STUDENT, hires_chans=8)).eval()
+    missing, unexpected = hires.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all("hires" in k for k in missing) and missing
+    image = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    coords, labels, _ = _cases()["box"]
+    with torch.no_grad():
+        ref = plain(image, coords, labels, num_outputs=4)
+        out = hires(image, coords, labels, num_outputs=4)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])

@@ -67,6 +67,12 @@ class MaskDecoder(nn.Module):
         if hires_chans:
             self.hires_conv = nn.Conv2d(hires_chans, transformer_dim // 8, kernel_size=3, padding=1)
             self.hires_mix = nn.Conv2d(transformer_dim // 8, transformer_dim // 8, kernel_size=1)
+            # Zero-initialised, the path starts as a no-op and grows in with training: with random
+            # weights its prompt-independent features swamp the masks and training from scratch
+            # stalls on the plateau where every prompt gives the same mask.
+            for layer in (self.hires_conv, self.hires_mix):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def split_embeddings(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(E, C [+ 16 * hires_chans], h, w)`` -> tokens ``(E, C, h, w)`` and high-res features
