@@ -238,3 +238,21 @@ def test_a_new_hires_path_starts_as_a_no_op():
         ref = plain(image, coords, labels, num_outputs=4)
         out = hires(image, coords, labels, num_outputs=4)
     assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+
+
+def test_hires_prompts_indexing_several_images_decode_as_one_by_one(exported_hires):
+    """Training decodes prompts of several images at once (``image_index``); the high-res features
+    are computed per image and must go to the right prompts."""
+    sam, _ = exported_hires
+    g = torch.Generator().manual_seed(7)
+    embeddings = torch.randn(3, sam.spec.embedding_chans, GRID, GRID, generator=g)
+    index = torch.tensor([0, 2, 2, 1, 0])
+    coords = torch.rand(5, 2, 2, generator=g) * SIZE
+    labels = torch.tensor([[2.0, 3.0]] * 5)
+    with torch.no_grad():
+        masks, iou = sam.forward_decoder(embeddings, coords, labels, num_outputs=4, image_index=index)
+        for k, i in enumerate(index.tolist()):
+            one_masks, one_iou = sam.forward_decoder(embeddings[i : i + 1], coords[k : k + 1], labels[k : k + 1],
+                                                     num_outputs=4)
+            assert _max_rel_diff(masks[k : k + 1].numpy(), one_masks.numpy()) <= LOGIT_TOL
+            assert _max_rel_diff(iou[k : k + 1].numpy(), one_iou.numpy()) <= LOGIT_TOL

@@ -6,7 +6,7 @@ multimask outputs; ``select_outputs`` picks 1, 3 (multimask) or 4 (all) of them 
 
 With ``hires_chans > 0`` (unisam's own small models) the embedding carries stride-4 encoder features
 after its first ``transformer_dim`` channels (space-to-depth, see ``ArchSpec``). They go through a
-3x3 convolution (once per embedding passed in) and are added to each prompt's upscaled features, followed by a
+3x3 convolution once per image and are added to each prompt's upscaled features, followed by a
 residual per-pixel mix, so the masks follow image edges at stride 4 instead of being interpolated
 from the stride-16 tokens.
 """
@@ -101,16 +101,22 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        image_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All outputs for B prompts.
 
         ``image_embeddings (B or 1, C [+ 16 * hires_chans], h, w)``, ``image_pe (1, C, h, w)``,
         ``sparse_prompt_embeddings (B, T, C)``, ``dense_prompt_embeddings (B or 1, C, h or 1, w or 1)`` -> mask logits
         ``(B, K, 4h, 4w)`` and predicted IoU ``(B, K)`` with ``K = num_multimask_outputs + 1``.
+        ``image_index (B,)`` picks each prompt's embedding from E of them (after the high-res
+        convolution, so that runs once per embedding, not once per prompt).
         """
         bs = sparse_prompt_embeddings.shape[0]
         h, w = image_embeddings.shape[-2:]
         image_embeddings, hires = self.split_embeddings(image_embeddings)
+        if image_index is not None:
+            image_embeddings = image_embeddings[image_index]
+            hires = None if hires is None else hires[image_index]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(bs, -1, -1), sparse_prompt_embeddings], dim=1)
 

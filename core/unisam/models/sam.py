@@ -83,9 +83,7 @@ class Sam(nn.Module):
                 f"point_labels {tuple(point_labels.shape)} must match point_coords {tuple(point_coords.shape[:2])}"
             )
         bs = point_coords.shape[0]
-        if image_index is not None:
-            image_embeddings = image_embeddings[image_index]
-        elif image_embeddings.shape[0] not in (1, bs):
+        if image_index is None and image_embeddings.shape[0] not in (1, bs):
             raise ValueError(
                 f"{image_embeddings.shape[0]} image embeddings for {bs} prompts: pass image_index"
             )
@@ -96,7 +94,7 @@ class Sam(nn.Module):
         else:
             dense = self.prompt_encoder.embed_masks(mask_input)
         masks, iou = self.mask_decoder.predict_masks(
-            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, image_index
         )
         return masks[:, keep], iou[:, keep]
 
