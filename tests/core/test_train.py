@@ -34,9 +34,12 @@ from unisam.train.losses import embedding_mse, mask_loss
 from unisam.train.prompting import boxes_from_masks, center_points, error_points
 from unisam.train.supervised import (
     SupervisedConfig,
+    background_prompts,
+    batch_indices,
     init_from_scratch,
     load_trained,
     make_batch,
+    start_prompts,
     step_generator,
     supervised_loss,
     train_supervised,
@@ -353,6 +356,52 @@ def test_iterative_rounds_add_correction_clicks_and_feed_back_masks():
     m = len(batch.masks)
     assert [c[0] for c in calls] == [(m, 2, 2), (m, 3, 2), (m, 4, 2)]  # box, then one click per round
     assert calls[0][1] is None and calls[1][1] == (m, 1, SIZE // 4, SIZE // 4)
+
+
+def test_background_prompts_keep_clear_of_every_instance():
+    # one instance chosen per image: the other two discs are not prompted but must still be avoided
+    dataset = PromptDataset(Discs(16, seed=5, size=(96, SIZE)), SIZE, 1, 0)
+    batch = make_batch(dataset, 0, 16)
+    everything = [rescale(dataset.source[i].masks) for _, i in batch_indices(16, 0, 16, dataset.seed)]
+    for use_box in (True, False):
+        prompts, index = background_prompts(batch, use_box, 1.0, step_generator(0, 1))
+        assert len(index) >= 12  # almost every image has room for one
+        for k, b in enumerate(index.tolist()):
+            region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+            if use_box:
+                x1, y1, x2, y2 = prompts.boxes[k].int().tolist()
+                region[y1:y2, x1:x2] = True
+                assert (x2 - x1) * (y2 - y1) > 0
+            else:
+                x, y = prompts.points[k, 0].int().tolist()
+                region[y, x] = True
+            assert not (region & everything[b].any(0)).any()
+            assert region[96:].sum() == 0  # never in the padding below the 96-row image
+    none, index = background_prompts(batch, True, 0.0, step_generator(0, 1))
+    assert len(index) == 0 and none.boxes.shape == (0, 4)
+
+
+def rescale(masks: np.ndarray) -> torch.Tensor:
+    from unisam.train.data import rescale_masks
+
+    return rescale_masks(masks, SIZE)
+
+
+def test_background_prompts_get_empty_targets_and_zero_iou():
+    batch = make_batch(PromptDataset(Discs(8, seed=5), SIZE, 3, 0), 0, 4)
+    m = len(batch.masks)
+    grown, prompts, present = start_prompts(batch, True, 0.0, 1.0, step_generator(0, 2))
+    k = len(grown.masks) - m
+    assert k >= 3 and prompts.boxes.shape == (m + k, 4)
+    assert present.tolist() == [True] * m + [False] * k
+    assert torch.equal(grown.masks[:m], batch.masks) and not grown.masks[m:].any()
+    from unisam.train.losses import iou_prediction_loss
+
+    logits = torch.full((2, 1, 4, 4), -5.0)  # both rows predict nothing, both targets are empty
+    empty = torch.zeros(2, 1, 4, 4)
+    pred = torch.ones(2, 1)
+    assert float(iou_prediction_loss(pred, logits, empty)) == 0.0  # empty vs empty is IoU 1 ...
+    assert float(iou_prediction_loss(pred, logits, empty, present=torch.tensor([True, False]))) == 0.5  # ... unless no object
 
 
 def test_distillation_phases_reduce_their_losses(trained, tmp_path):

@@ -227,7 +227,8 @@ class Example:
 
     image: ``(3, S, S)`` float32 normalised, zero-padded; masks: ``(K, S, S)`` bool in the same frame
     (zero in the padding); input_size: ``(h, w)`` of the resized image inside the square;
-    original: the source item (original resolution), index: its index in the source.
+    original: the source item (original resolution), index: its index in the source; occupied:
+    ``(S, S)`` bool, pixels of any annotated instance (chosen or not).
     """
 
     image: torch.Tensor
@@ -235,6 +236,7 @@ class Example:
     input_size: tuple[int, int]
     original: Item
     index: int
+    occupied: torch.Tensor
 
 
 def rescale_masks(masks: np.ndarray, image_size: int) -> torch.Tensor:
@@ -290,4 +292,4 @@ class PromptDataset(torch.utils.data.Dataset):
         keep = np.flatnonzero(masks.sum((1, 2)).numpy() >= self.min_area)
         rng = np.random.default_rng([self.seed, epoch, index])
         chosen = np.sort(rng.permutation(keep)[: self.max_instances])
-        return Example(torch.from_numpy(image), masks[chosen], resized.shape[:2], item, index)
+        return Example(torch.from_numpy(image), masks[chosen], resized.shape[:2], item, index, masks.any(0))

@@ -9,7 +9,9 @@ both models, and the student's masks learn the teacher's thresholded masks (dice
 low-resolution logits, all four outputs, padding masked out: EdgeSAM's Eq. 2). Each loop then adds
 one click where the two models disagree (positive where the teacher says foreground and the student
 background, negative the reverse; sampled on the mask of the teacher's best output) to the prompts
-of both, and decodes again. As in EdgeSAM the student's image encoder and mask decoder train, its
+of both, and decodes again. Optional background prompts (``background_rate``, boxes or clicks
+where no instance is) go to both as well, so the student keeps the teacher's "nothing here" answers.
+As in EdgeSAM the student's image encoder and mask decoder train, its
 prompt encoder is frozen and the teacher is frozen. One addition: the student's IoU head also
 learns the teacher's IoU predictions (MSE, ``iou_weight``), so that the scores that segment-everything
 filters on stay calibrated.
@@ -35,10 +37,10 @@ from .prompting import error_points
 from .supervised import (
     Batch,
     LoopConfig,
-    first_prompts,
     grid_to_input,
     make_batch,
     run_loop,
+    start_prompts,
     validation_fn,
 )
 
@@ -118,10 +120,10 @@ def decoder_distill_loss(
         zero = s_emb.sum() * 0
         return {"loss": zero, "mask": zero.detach(), "iou": zero.detach()}
     grid, size = student.spec.low_res_size, student.image_size
+    use_box = bool(torch.rand((), generator=generator) < config.box_prob)
+    batch, prompts, _ = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator)
     idx = batch.image_index
     valid = F.avg_pool2d(batch.valid[:, None].float(), size // grid)[idx]  # (M, 1, grid, grid) coverage
-    use_box = bool(torch.rand((), generator=generator) < config.box_prob)
-    prompts = first_prompts(batch.masks, use_box, config.box_noise, generator)
     total = mask_total = iou_total = 0.0
     for it in range(config.decode_iters):
         coords, labels = prompts.tokens()

@@ -52,11 +52,18 @@ def mask_iou(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | 
 
 
 def iou_prediction_loss(
-    pred_iou: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None
+    pred_iou: torch.Tensor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    present: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SAM's IoU head loss: mean squared error between ``pred_iou (B, K)`` and the actual IoU of each
-    output mask ``logits (B, K, H, W)`` with ``targets``."""
+    output mask ``logits (B, K, H, W)`` with ``targets``. Rows where ``present (B,)`` bool is False
+    prompt no object: their target is 0 (no mask is a good answer there, even an empty one)."""
     actual = mask_iou(logits.detach(), targets, valid)
+    if present is not None:
+        actual = actual * present[:, None].to(actual.dtype)
     return F.mse_loss(pred_iou, actual)
 
 

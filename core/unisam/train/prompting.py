@@ -164,6 +164,14 @@ class Prompts:
         """One positive click per prompt, ``xy (B, 2)``."""
         return cls(xy[:, None].float(), xy.new_ones(xy.shape[0], 1).float())
 
+    def cat(self, other: Prompts) -> Prompts:
+        """These prompts followed by ``other``'s (same click count, both with or both without boxes)."""
+        if (self.boxes is None) != (other.boxes is None) or self.points.shape[1] != other.points.shape[1]:
+            raise ValueError("can only concatenate prompts of the same kind (clicks per prompt, with or without box)")
+        boxes = None if self.boxes is None else torch.cat([self.boxes, other.boxes.to(self.boxes)])
+        return Prompts(torch.cat([self.points, other.points.to(self.points)]),
+                       torch.cat([self.labels, other.labels.to(self.labels)]), boxes)
+
     def add(self, xy: torch.Tensor, labels: torch.Tensor) -> Prompts:
         """These prompts with one more click each: ``xy (B, 2)``, ``labels (B,)``."""
         return Prompts(

@@ -52,6 +52,7 @@ TEACHER = ArchSpec(
     embed_dim=128,
     decoder_mlp_dim=1024,
     iou_head_hidden_dim=128,
+    hires_chans=8,
 )
 STUDENT = replace(TEACHER, encoder_kwargs={"cfgs": STUDENT_CFGS, "fuse": True, "upsample_mode": "bilinear"})
 PRESETS = {"teacher": TEACHER, "student": STUDENT}
@@ -66,15 +67,19 @@ class Plan:
     """Step counts and sizes of every phase (see the module docstring)."""
 
     warmup_steps: int = 200  # teacher on SimpleScenes at input 128
-    teacher_low_steps: int = 800  # teacher on synthetic scenes at input 128
-    teacher_steps: int = 1100  # teacher at input 256
+    teacher_low_steps: int = 1000  # teacher on synthetic scenes at input 128
+    teacher_steps: int = 1400  # teacher at input 256
     phase1_steps: int = 700
-    phase2_steps: int = 400
+    phase2_steps: int = 500
     batch_images: int = 8
     max_instances: int = 8
     teacher_lr: float = 2e-3
     phase1_lr: float = 3e-3
     phase2_lr: float = 5e-4
+    box_prob: float = 0.7  # teacher steps that start from a box (else from one click)
+    box_noise: float = 0.05  # teacher box jitter (std, fraction of the box side)
+    background_rate: float = 0.5  # chance per image of a prompt on empty background (teacher and phase 2)
+    loss_upscale: int = 2  # teacher mask loss on a grid of this x the decoder's S/4 logits
     val_images: int = 96
     eval_instances: int = 16
 
@@ -149,7 +154,10 @@ def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, th
         if teacher.image_size != size:
             teacher = _resized(teacher, size)
         config = SupervisedConfig(steps=steps, lr=lr, decode_iters=2, warmup_steps=min(20, steps // 4),
-                                  eval_every=max(steps // 4, 1), **common)
+                                  eval_every=max(steps // 4, 1), box_prob=plan.box_prob, box_noise=plan.box_noise,
+                                  **common)
+        if name != "teacher-warmup":  # the warm-up only has to get the decoder to localise prompts
+            config = replace(config, background_rate=plan.background_rate, loss_upscale=plan.loss_upscale)
         train_supervised(teacher, data, out / name, config, **kw)
         lap(name)
 
@@ -162,7 +170,7 @@ def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, th
                     replace(config, eval_every=max(plan.phase1_steps // 2, 1)), **kw)
     lap("phase 1")
     student = load_trained(out / "student-phase1")
-    config = DecoderDistillConfig(steps=plan.phase2_steps, lr=plan.phase2_lr,
+    config = DecoderDistillConfig(steps=plan.phase2_steps, lr=plan.phase2_lr, background_rate=plan.background_rate,
                                   warmup_steps=min(10, plan.phase2_steps // 4), **common)
     distill_decoder(teacher, student, stream(plan.phase2_steps, 4), out / "student",
                     replace(config, eval_every=max(plan.phase2_steps // 2, 1)), **kw)

@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ class LoopConfig:
     eval_every: int = 0  # validate every this many steps (0: only at the end)
     eval_images: int = 32
     checkpoint_every: int = 100
+    background_rate: float = 0.0  # chance per image of one extra prompt on empty background (target: no mask)
 
 
 @dataclass
@@ -77,16 +78,21 @@ class SupervisedConfig(LoopConfig):
 # ----------------------------------------------------------------------------- data for one step
 
 
+BACKGROUND_MARGIN = 2  # px (model input frame) between a background prompt and any annotated instance
+
+
 @dataclass
 class Batch:
     """The inputs of one step: ``images (B, 3, S, S)``, the chosen instances of all images
-    ``masks (M, S, S)`` bool, ``image_index (M,)`` (which image each instance belongs to) and
-    ``valid (B, S, S)`` bool (inside the resized image, not padding)."""
+    ``masks (M, S, S)`` bool, ``image_index (M,)`` (which image each instance belongs to),
+    ``valid (B, S, S)`` bool (inside the resized image, not padding) and ``free (B, S, S)`` bool
+    (valid and at least ``BACKGROUND_MARGIN`` px away from every annotated instance)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     image_index: torch.Tensor
     valid: torch.Tensor
+    free: torch.Tensor
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -114,11 +120,14 @@ def make_batch(dataset: PromptDataset, step: int, batch_images: int) -> Batch:
     for b, ex in enumerate(examples):
         valid[b, : ex.input_size[0], : ex.input_size[1]] = True
     counts = torch.tensor([len(ex.masks) for ex in examples])
+    occupied = torch.stack([ex.occupied for ex in examples])[:, None].float()
+    near = F.max_pool2d(occupied, 2 * BACKGROUND_MARGIN + 1, stride=1, padding=BACKGROUND_MARGIN)[:, 0] > 0
     return Batch(
         images=torch.stack([ex.image for ex in examples]),
         masks=torch.cat([ex.masks for ex in examples]),
         image_index=torch.repeat_interleave(torch.arange(len(examples)), counts),
         valid=valid,
+        free=valid & ~near,
     )
 
 
@@ -130,6 +139,70 @@ def first_prompts(masks: torch.Tensor, use_box: bool, box_noise: float, generato
             boxes = jitter_boxes(boxes, tuple(masks.shape[1:]), generator, scale=box_noise)
         return Prompts.from_boxes(boxes)
     return Prompts.from_points(random_points(masks, generator))
+
+
+def background_prompts(
+    batch: Batch, use_box: bool, rate: float, generator: torch.Generator, tries: int = 8
+) -> tuple[Prompts, torch.Tensor]:
+    """Prompts where nothing annotated is, so that a model learns to answer "no object here".
+
+    Each image gets one with chance ``rate``: a box the size of one of its instances (a random one;
+    16 x 16 px if it has none) entirely on :attr:`Batch.free` pixels (the first of ``tries`` centres
+    drawn uniformly from them that fits), or one click on a free pixel. Images with no free place
+    get none. Returns the prompts ``(K, ...)`` and their ``image_index (K,)``; the target of each is
+    an empty mask.
+    """
+    s = batch.free.shape[-1]
+    integral = F.pad(batch.free.logical_not().float().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, S+1, S+1)
+    boxes, points, index = [], [], []
+    for b in range(batch.free.shape[0]):
+        if not bool(torch.rand((), generator=generator) < rate) or not batch.free[b].any():
+            continue
+        centres = torch.multinomial(batch.free[b].flatten().float(), tries, replacement=True, generator=generator)
+        if not use_box:
+            points.append(torch.stack([centres[0] % s, centres[0] // s]).float())
+            index.append(b)
+            continue
+        own = torch.nonzero(batch.image_index == b)[:, 0]
+        if len(own):
+            pick = own[torch.randint(len(own), (), generator=generator)]
+            x1, y1, x2, y2 = boxes_from_masks(batch.masks[pick][None])[0].tolist()
+            w, h = x2 - x1, y2 - y1
+        else:
+            w = h = 16.0
+        for c in centres.tolist():
+            cx, cy = c % s, c // s
+            lo_x, lo_y = max(int(cx - w / 2), 0), max(int(cy - h / 2), 0)
+            hi_x, hi_y = min(lo_x + int(round(w)), s), min(lo_y + int(round(h)), s)
+            blocked = (integral[b, hi_y, hi_x] - integral[b, lo_y, hi_x] - integral[b, hi_y, lo_x]
+                       + integral[b, lo_y, lo_x])
+            if blocked == 0 and hi_x > lo_x and hi_y > lo_y:
+                boxes.append(torch.tensor([lo_x, lo_y, hi_x, hi_y], dtype=torch.float32))
+                index.append(b)
+                break
+    image_index = torch.tensor(index, dtype=torch.long)
+    if use_box:
+        return Prompts.from_boxes(torch.stack(boxes) if boxes else torch.zeros(0, 4)), image_index
+    return Prompts.from_points(torch.stack(points) if points else torch.zeros(0, 2)), image_index
+
+
+def start_prompts(
+    batch: Batch, use_box: bool, box_noise: float, background_rate: float, generator: torch.Generator
+) -> tuple[Batch, Prompts, torch.Tensor]:
+    """The first prompts of a step: :func:`first_prompts` on every instance, then
+    :func:`background_prompts`. Returns the batch with an empty target mask appended per background
+    prompt, the prompts in the same order, and ``present (M,)`` bool (False for background)."""
+    prompts = first_prompts(batch.masks, use_box, box_noise, generator)
+    present = torch.ones(len(batch.masks), dtype=torch.bool)
+    if background_rate <= 0:
+        return batch, prompts, present
+    extra, index = background_prompts(batch, use_box, background_rate, generator)
+    if not len(index):
+        return batch, prompts, present
+    s = batch.masks.shape[-1]
+    batch = replace(batch, masks=torch.cat([batch.masks, batch.masks.new_zeros(len(index), s, s)]),
+                    image_index=torch.cat([batch.image_index, index]))
+    return batch, prompts.cat(extra), torch.cat([present, torch.zeros(len(index), dtype=torch.bool)])
 
 
 def _pick(x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
@@ -154,7 +227,8 @@ def supervised_loss(
     counts, as in SAM. The IoU head learns the actual IoU of all four outputs. Losses are taken at
     ``loss_upscale`` x the low-resolution logits (1: the decoder's own ``S/4`` grid, 4: the input
     frame as in SAM) against the ground truth's coverage of each cell (area fraction), over the
-    unpadded area; correction clicks are sampled on that grid.
+    unpadded area; correction clicks are sampled on that grid. Background prompts
+    (``config.background_rate``) have an empty target and an IoU target of 0.
     """
     emb = model.embed_image(batch.images)
     if not len(batch.masks):
@@ -162,27 +236,32 @@ def supervised_loss(
         return {"loss": zero, "mask": zero.detach(), "iou": zero.detach()}
     s = model.image_size
     grid = model.spec.low_res_size * config.loss_upscale
+    use_box = bool(torch.rand((), generator=generator) < config.box_prob)
+    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator)
     idx = batch.image_index
     pool = s // grid
     targets = F.avg_pool2d(batch.masks[:, None].float(), pool) if pool > 1 else batch.masks[:, None].float()
     valid = F.avg_pool2d(batch.valid[:, None].float(), pool)[idx] if pool > 1 else batch.valid[idx][:, None].float()
-    use_box = bool(torch.rand((), generator=generator) < config.box_prob)
-    prompts = first_prompts(batch.masks, use_box, config.box_noise, generator)
     mask_in = None
+
+    def upscale(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, (grid, grid), mode="bilinear", align_corners=False) if grid != x.shape[-1] else x
+
     total = mask_total = iou_total = 0.0
     for it in range(config.decode_iters):
         coords, labels = prompts.tokens()
         low, iou = model.forward_decoder(emb, coords, labels, mask_in, num_outputs=4, image_index=idx)
-        logits = low
-        if config.loss_upscale > 1:
-            logits = F.interpolate(low, (grid, grid), mode="bilinear", align_corners=False)
-        per_output = mask_loss(logits, targets, valid, config.dice_weight, config.bce_weight)  # (M, 4)
+        with torch.no_grad():  # all four outputs, for the choice and the IoU targets
+            logits = upscale(low.detach())
+            per_output = mask_loss(logits, targets, valid, config.dice_weight, config.bce_weight)  # (M, 4)
         if it == 0 and not use_box:
-            choice = 1 + per_output[:, 1:].detach().argmin(1)
+            choice = 1 + per_output[:, 1:].argmin(1)
         else:
             choice = torch.zeros(len(logits), dtype=torch.long)
-        l_mask = _pick(per_output, choice).mean()
-        l_iou = iou_prediction_loss(iou, logits, targets, valid)
+        # gradients flow through the chosen output only, so only it is upscaled with autograd
+        chosen = upscale(_pick(low, choice)[:, None])
+        l_mask = mask_loss(chosen, targets, valid, config.dice_weight, config.bce_weight).mean()
+        l_iou = iou_prediction_loss(iou, logits, targets, valid, present)
         total = total + (l_mask + config.iou_weight * l_iou) / config.decode_iters
         mask_total += float(l_mask.detach()) / config.decode_iters
         iou_total += float(l_iou.detach()) / config.decode_iters
