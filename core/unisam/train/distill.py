@@ -9,8 +9,8 @@ both models, and the student's masks learn the teacher's thresholded masks (dice
 low-resolution logits, all four outputs, padding masked out: EdgeSAM's Eq. 2). Each loop then adds
 one click where the two models disagree (positive where the teacher says foreground and the student
 background, negative the reverse; sampled on the mask of the teacher's best output) to the prompts
-of both, and decodes again. Optional background prompts (``background_rate``, boxes or clicks
-where no instance is) go to both as well, so the student keeps the teacher's "nothing here" answers.
+of both, and decodes again. Optional background boxes (``background_rate``, on box steps, where no
+instance is) go to both as well, so the student keeps the teacher's "nothing here" answers.
 As in EdgeSAM the student's image encoder and mask decoder train, its
 prompt encoder is frozen and the teacher is frozen. One addition: the student's IoU head also
 learns the teacher's IoU predictions (MSE, ``iou_weight``), so that the scores that segment-everything
@@ -36,6 +36,7 @@ from .losses import embedding_mse, mask_loss
 from .prompting import error_points
 from .supervised import (
     Batch,
+    background_clicks,
     LoopConfig,
     grid_to_input,
     make_batch,
@@ -121,7 +122,7 @@ def decoder_distill_loss(
         return {"loss": zero, "mask": zero.detach(), "iou": zero.detach()}
     grid, size = student.spec.low_res_size, student.image_size
     use_box = bool(torch.rand((), generator=generator) < config.box_prob)
-    batch, prompts, _ = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator)
+    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator)
     idx = batch.image_index
     valid = F.avg_pool2d(batch.valid[:, None].float(), size // grid)[idx]  # (M, 1, grid, grid) coverage
     total = mask_total = iou_total = 0.0
@@ -141,7 +142,8 @@ def decoder_distill_loss(
             teacher_mask = t_low[rows, best] > 0
             student_mask = s_low.detach()[rows, best] > 0
             xy, lab = error_points(student_mask, teacher_mask, "uniform", generator, valid[:, 0] > 0.5)
-            prompts = prompts.add(grid_to_input(xy, grid, size), lab)
+            xy, lab = background_clicks(prompts, present, grid_to_input(xy, grid, size), lab, it == 0)
+            prompts = prompts.add(xy, lab)
     return {"loss": total, "mask": torch.tensor(mask_total), "iou": torch.tensor(iou_total)}
 
 

@@ -30,7 +30,7 @@ from ..models import Sam, build_sam, load_checkpoint, save_checkpoint
 from ..registry import ArchSpec
 from .data import PromptDataset, Source
 from .losses import iou_prediction_loss, mask_loss
-from .prompting import Prompts, boxes_from_masks, error_points, jitter_boxes, random_points
+from .prompting import PAD, POSITIVE, Prompts, boxes_from_masks, error_points, jitter_boxes, random_points
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -57,7 +57,7 @@ class LoopConfig:
     eval_every: int = 0  # validate every this many steps (0: only at the end)
     eval_images: int = 32
     checkpoint_every: int = 100
-    background_rate: float = 0.0  # chance per image of one extra prompt on empty background (target: no mask)
+    background_rate: float = 0.0  # box steps: chance per image of an extra box on empty background (target: no mask)
 
 
 @dataclass
@@ -141,28 +141,23 @@ def first_prompts(masks: torch.Tensor, use_box: bool, box_noise: float, generato
     return Prompts.from_points(random_points(masks, generator))
 
 
-def background_prompts(
-    batch: Batch, use_box: bool, rate: float, generator: torch.Generator, tries: int = 8
-) -> tuple[Prompts, torch.Tensor]:
-    """Prompts where nothing annotated is, so that a model learns to answer "no object here".
+def background_boxes(
+    batch: Batch, rate: float, generator: torch.Generator, tries: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes where nothing annotated is, so that a model learns to answer "no object here".
 
     Each image gets one with chance ``rate``: a box the size of one of its instances (a random one;
     16 x 16 px if it has none) entirely on :attr:`Batch.free` pixels (the first of ``tries`` centres
-    drawn uniformly from them that fits), or one click on a free pixel. Images with no free place
-    get none. Returns the prompts ``(K, ...)`` and their ``image_index (K,)``; the target of each is
-    an empty mask.
+    drawn uniformly from them that fits). Images with no free place get none. Returns boxes
+    ``(K, 4)`` xyxy and their ``image_index (K,)``.
     """
     s = batch.free.shape[-1]
     integral = F.pad(batch.free.logical_not().float().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, S+1, S+1)
-    boxes, points, index = [], [], []
+    boxes, index = [], []
     for b in range(batch.free.shape[0]):
         if not bool(torch.rand((), generator=generator) < rate) or not batch.free[b].any():
             continue
         centres = torch.multinomial(batch.free[b].flatten().float(), tries, replacement=True, generator=generator)
-        if not use_box:
-            points.append(torch.stack([centres[0] % s, centres[0] // s]).float())
-            index.append(b)
-            continue
         own = torch.nonzero(batch.image_index == b)[:, 0]
         if len(own):
             pick = own[torch.randint(len(own), (), generator=generator)]
@@ -180,29 +175,47 @@ def background_prompts(
                 boxes.append(torch.tensor([lo_x, lo_y, hi_x, hi_y], dtype=torch.float32))
                 index.append(b)
                 break
-    image_index = torch.tensor(index, dtype=torch.long)
-    if use_box:
-        return Prompts.from_boxes(torch.stack(boxes) if boxes else torch.zeros(0, 4)), image_index
-    return Prompts.from_points(torch.stack(points) if points else torch.zeros(0, 2)), image_index
+    return (torch.stack(boxes) if boxes else torch.zeros(0, 4)), torch.tensor(index, dtype=torch.long)
 
 
 def start_prompts(
     batch: Batch, use_box: bool, box_noise: float, background_rate: float, generator: torch.Generator
 ) -> tuple[Batch, Prompts, torch.Tensor]:
-    """The first prompts of a step: :func:`first_prompts` on every instance, then
-    :func:`background_prompts`. Returns the batch with an empty target mask appended per background
-    prompt, the prompts in the same order, and ``present (M,)`` bool (False for background)."""
+    """The first prompts of a step: :func:`first_prompts` on every instance, then, on box steps,
+    :func:`background_boxes`. Returns the batch with an empty target mask appended per background
+    box, the prompts in the same order, and ``present (M,)`` bool (False for background).
+
+    Only boxes go on background: single clicks there (tried) made the model timid on every lone or
+    negative click, which cost centre-click mIoU and segment-everything recall.
+    """
     prompts = first_prompts(batch.masks, use_box, box_noise, generator)
     present = torch.ones(len(batch.masks), dtype=torch.bool)
-    if background_rate <= 0:
+    if background_rate <= 0 or not use_box:
         return batch, prompts, present
-    extra, index = background_prompts(batch, use_box, background_rate, generator)
+    boxes, index = background_boxes(batch, background_rate, generator)
     if not len(index):
         return batch, prompts, present
     s = batch.masks.shape[-1]
     batch = replace(batch, masks=torch.cat([batch.masks, batch.masks.new_zeros(len(index), s, s)]),
                     image_index=torch.cat([batch.image_index, index]))
-    return batch, prompts.cat(extra), torch.cat([present, torch.zeros(len(index), dtype=torch.bool)])
+    return batch, prompts.cat(Prompts.from_boxes(boxes)), torch.cat([present, torch.zeros(len(index), dtype=torch.bool)])
+
+
+def background_clicks(
+    prompts: Prompts, present: torch.Tensor, xy: torch.Tensor, labels: torch.Tensor, first_round: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correction clicks ``xy (M, 2)``, ``labels (M,)`` with the background rows replaced: a positive
+    click at the centre of their box in the first refinement round (a box and a point inside it, what
+    :func:`unisam.runtime.propagate.mask_to_prompt` sends on a slice where the object has ended), then
+    padding. Error clicks on an empty target would all be negative and teach that negative clicks
+    erase everything."""
+    if present.all() or prompts.boxes is None:
+        return xy, labels
+    xy, labels = xy.clone(), labels.clone()
+    bg = ~present
+    xy[bg] = (prompts.boxes[bg, :2] + prompts.boxes[bg, 2:]) / 2 if first_round else 0.0
+    labels[bg] = POSITIVE if first_round else PAD
+    return xy, labels
 
 
 def _pick(x: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
@@ -268,7 +281,8 @@ def supervised_loss(
         if it + 1 < config.decode_iters:
             pred = _pick(logits.detach(), choice) > 0
             xy, lab = error_points(pred, targets[:, 0] > 0.5, "uniform", generator, valid[:, 0] > 0.5)
-            prompts = prompts.add(grid_to_input(xy, grid, s), lab)
+            xy, lab = background_clicks(prompts, present, grid_to_input(xy, grid, s), lab, it == 0)
+            prompts = prompts.add(xy, lab)
             feed = bool(torch.rand((), generator=generator) < config.mask_input_prob)
             mask_in = _pick(low.detach(), choice)[:, None] if feed else None
     return {"loss": total, "mask": torch.tensor(mask_total), "iou": torch.tensor(iou_total)}
