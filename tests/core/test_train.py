@@ -30,7 +30,7 @@ from unisam.train.distill import (
     make_student,
 )
 from unisam.train.evaluate import evaluate, format_table
-from unisam.train.losses import embedding_mse, mask_loss
+from unisam.train.losses import embedding_mse, iou_prediction_loss, mask_loss
 from unisam.train.prompting import boxes_from_masks, center_points, error_points
 from unisam.train.supervised import (
     SupervisedConfig,
@@ -396,8 +396,6 @@ def test_background_boxes_get_empty_targets_zero_iou_and_a_click_inside():
     box = prompts.boxes[m:]
     assert torch.equal(xy1[m:], (box[:, :2] + box[:, 2:]) / 2) and (labels1[m:] == 1).all()  # as propagation asks
     assert (background_clicks(prompts, present, xy, labels, first_round=False)[1][m:] == -1).all()
-    from unisam.train.losses import iou_prediction_loss
-
     logits = torch.full((2, 1, 4, 4), -5.0)  # both rows predict nothing, both targets are empty
     empty = torch.zeros(2, 1, 4, 4)
     pred = torch.ones(2, 1)

@@ -10,11 +10,10 @@ low-resolution logits, all four outputs, padding masked out: EdgeSAM's Eq. 2). E
 one click where the two models disagree (positive where the teacher says foreground and the student
 background, negative the reverse; sampled on the mask of the teacher's best output) to the prompts
 of both, and decodes again. Optional background boxes (``background_rate``, on box steps, where no
-instance is) go to both as well, so the student keeps the teacher's "nothing here" answers.
-As in EdgeSAM the student's image encoder and mask decoder train, its
-prompt encoder is frozen and the teacher is frozen. One addition: the student's IoU head also
-learns the teacher's IoU predictions (MSE, ``iou_weight``), so that the scores that segment-everything
-filters on stay calibrated.
+instance is) go to both as well, so the student keeps the teacher's "nothing here" answers. As in
+EdgeSAM the student's image encoder and mask decoder train, its prompt encoder is frozen and the
+teacher is frozen. One addition: the student's IoU head also learns the teacher's IoU predictions
+(MSE, ``iou_weight``), so that the scores that segment-everything filters on stay calibrated.
 
 Teacher: any :class:`~unisam.models.Sam` (an official checkpoint, or a teacher trained here).
 Student: any encoder whose embedding has the teacher's shape, e.g. an EdgeSAM-style RepViT with a
@@ -36,8 +35,8 @@ from .losses import embedding_mse, mask_loss
 from .prompting import error_points
 from .supervised import (
     Batch,
-    background_clicks,
     LoopConfig,
+    background_clicks,
     grid_to_input,
     make_batch,
     run_loop,

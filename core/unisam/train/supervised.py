@@ -85,14 +85,14 @@ BACKGROUND_MARGIN = 2  # px (model input frame) between a background prompt and 
 class Batch:
     """The inputs of one step: ``images (B, 3, S, S)``, the chosen instances of all images
     ``masks (M, S, S)`` bool, ``image_index (M,)`` (which image each instance belongs to),
-    ``valid (B, S, S)`` bool (inside the resized image, not padding) and ``free (B, S, S)`` bool
-    (valid and at least ``BACKGROUND_MARGIN`` px away from every annotated instance)."""
+    ``valid (B, S, S)`` bool (inside the resized image, not padding) and ``occupied (B, S, S)`` bool
+    (pixels of any annotated instance, chosen or not)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     image_index: torch.Tensor
     valid: torch.Tensor
-    free: torch.Tensor
+    occupied: torch.Tensor
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -120,14 +120,12 @@ def make_batch(dataset: PromptDataset, step: int, batch_images: int) -> Batch:
     for b, ex in enumerate(examples):
         valid[b, : ex.input_size[0], : ex.input_size[1]] = True
     counts = torch.tensor([len(ex.masks) for ex in examples])
-    occupied = torch.stack([ex.occupied for ex in examples])[:, None].float()
-    near = F.max_pool2d(occupied, 2 * BACKGROUND_MARGIN + 1, stride=1, padding=BACKGROUND_MARGIN)[:, 0] > 0
     return Batch(
         images=torch.stack([ex.image for ex in examples]),
         masks=torch.cat([ex.masks for ex in examples]),
         image_index=torch.repeat_interleave(torch.arange(len(examples)), counts),
         valid=valid,
-        free=valid & ~near,
+        occupied=torch.stack([ex.occupied for ex in examples]),
     )
 
 
@@ -147,17 +145,21 @@ def background_boxes(
     """Boxes where nothing annotated is, so that a model learns to answer "no object here".
 
     Each image gets one with chance ``rate``: a box the size of one of its instances (a random one;
-    16 x 16 px if it has none) entirely on :attr:`Batch.free` pixels (the first of ``tries`` centres
-    drawn uniformly from them that fits). Images with no free place get none. Returns boxes
-    ``(K, 4)`` xyxy and their ``image_index (K,)``.
+    16 x 16 px if it has none) entirely on free pixels: inside the image and at least
+    ``BACKGROUND_MARGIN`` px from every annotated instance (the first of ``tries`` centres drawn
+    uniformly from them that fits). Images with no free place get none. Returns boxes ``(K, 4)``
+    xyxy and their ``image_index (K,)``.
     """
-    s = batch.free.shape[-1]
-    integral = F.pad(batch.free.logical_not().float().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, S+1, S+1)
+    s = batch.occupied.shape[-1]
+    near = F.max_pool2d(batch.occupied[:, None].float(), 2 * BACKGROUND_MARGIN + 1, stride=1,
+                        padding=BACKGROUND_MARGIN)[:, 0] > 0
+    free = batch.valid & ~near
+    integral = F.pad(free.logical_not().float().cumsum(1).cumsum(2), (1, 0, 1, 0))  # (B, S+1, S+1)
     boxes, index = [], []
-    for b in range(batch.free.shape[0]):
-        if not bool(torch.rand((), generator=generator) < rate) or not batch.free[b].any():
+    for b in range(free.shape[0]):
+        if not bool(torch.rand((), generator=generator) < rate) or not free[b].any():
             continue
-        centres = torch.multinomial(batch.free[b].flatten().float(), tries, replacement=True, generator=generator)
+        centres = torch.multinomial(free[b].flatten().float(), tries, replacement=True, generator=generator)
         own = torch.nonzero(batch.image_index == b)[:, 0]
         if len(own):
             pick = own[torch.randint(len(own), (), generator=generator)]
