@@ -31,7 +31,7 @@ from unisam.train.distill import (
 )
 from unisam.train.evaluate import evaluate, format_table
 from unisam.train.losses import embedding_mse, iou_prediction_loss, mask_loss
-from unisam.train.prompting import boxes_from_masks, center_points, error_points
+from unisam.train.prompting import boxes_from_masks, center_points, error_points, loosen_boxes
 from unisam.train.supervised import (
     SupervisedConfig,
     background_boxes,
@@ -226,6 +226,26 @@ def test_boxes_from_masks_have_coco_extent():
         m[y:y + rng.integers(1, 6), x:x + rng.integers(1, 6)] = True
     inclusive = masks_to_boxes(masks)
     np.testing.assert_array_equal(boxes_from_masks(torch.from_numpy(masks)).numpy(), inclusive + [0, 0, 1, 1])
+
+
+def test_loose_boxes_contain_the_tight_box_and_stay_in_the_frame():
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 40.0], [0.0, 0.0, 50.0, 40.0], [40.0, 30.0, 64.0, 48.0]] * 200)
+    loose = loosen_boxes(boxes, (100, 64), torch.Generator().manual_seed(0), rate=0.5, growth=0.4)
+    assert (loose[:, :2] <= boxes[:, :2]).all() and (loose[:, 2:] >= boxes[:, 2:]).all()  # tight box inside
+    assert (loose >= 0).all() and (loose[:, [0, 2]] <= 64).all() and (loose[:, [1, 3]] <= 100).all()
+    moved = (loose != boxes).any(1)
+    assert 0.4 < moved.float().mean() < 0.6  # about `rate` of them
+    side = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    assert ((loose - boxes).abs() <= 0.4 * side + 1e-4).all()
+    assert ((loose[0::3] - boxes[0::3]).abs().amax(0) > 0.3 * side[0]).all()  # each side grows (room: 10 px)
+    generator = torch.Generator().manual_seed(0)
+    assert loosen_boxes(boxes, (100, 64), generator, rate=0.0) is boxes
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # drew nothing
+    batch = make_batch(PromptDataset(Discs(8, seed=5), SIZE, 3, 0), 0, 4)
+    tight = boxes_from_masks(batch.masks)
+    _, prompts, _ = start_prompts(batch, True, 0.0, 0.0, step_generator(0, 2), loose_rate=1.0)
+    assert (prompts.boxes[:, :2] <= tight[:, :2]).all() and (prompts.boxes[:, 2:] >= tight[:, 2:]).all()
+    assert (prompts.boxes != tight).any(1).all()
 
 
 def test_center_point_is_inside_and_farthest_from_the_boundary():

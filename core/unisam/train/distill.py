@@ -121,7 +121,8 @@ def decoder_distill_loss(
         return {"loss": zero, "mask": zero.detach(), "iou": zero.detach()}
     grid, size = student.spec.low_res_size, student.image_size
     use_box = bool(torch.rand((), generator=generator) < config.box_prob)
-    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator)
+    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator,
+                                            config.loose_box_rate)
     idx = batch.image_index
     valid = F.avg_pool2d(batch.valid[:, None].float(), size // grid)[idx]  # (M, 1, grid, grid) coverage
     total = mask_total = iou_total = 0.0

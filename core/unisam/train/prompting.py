@@ -58,6 +58,27 @@ def jitter_boxes(
     return torch.cat([lo, hi], 1)
 
 
+def loosen_boxes(
+    boxes: torch.Tensor,
+    size: tuple[int, int],
+    generator: torch.Generator | None,
+    rate: float,
+    growth: float = 0.4,
+) -> torch.Tensor:
+    """Boxes drawn around something larger than the object, as z-propagation sends where an object
+    shrinks from one slice to the next: with chance ``rate`` per box, each of its four sides moves
+    outwards by a uniform fraction in ``[0, growth)`` of the box's width (left, right) or height (top,
+    bottom); boxes stay inside the ``(H, W)`` frame. ``rate <= 0`` returns ``boxes`` and draws nothing."""
+    if rate <= 0:
+        return boxes
+    h, w = size
+    chosen = torch.rand(boxes.shape[0], generator=generator) < rate
+    side = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, 1)
+    grow = torch.rand(boxes.shape, generator=generator) * growth * side * chosen[:, None]
+    out = boxes + grow * boxes.new_tensor([-1, -1, 1, 1])
+    return torch.minimum(out.clamp(min=0), boxes.new_tensor([w, h, w, h]))
+
+
 def random_points(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One uniformly random pixel of each mask: ``(B, H, W)`` bool -> ``(B, 2)`` float32 xy."""
     _check_masks(masks)

@@ -83,6 +83,7 @@ class Plan:
     box_noise: float = 0.1  # teacher box jitter (std, fraction of the box side)
     background_rate: float = 0.0  # box steps: chance per image of a box on empty background (after warm-up)
     loss_upscale: int = 1  # teacher mask loss on a grid of this x the decoder's S/4 logits (after warm-up)
+    loose_box_rate: float = 0.0  # teacher (after warm-up) and phase 2: share of boxes enlarged (loosen_boxes)
 
     def scaled(self, factor: float) -> Plan:
         """The same plan with every step count (and the validation set) scaled by ``factor``."""
@@ -98,6 +99,9 @@ PLANS = {
     "boxes-background": Plan(teacher_low_steps=1000, teacher_steps=1350, phase2_steps=500, hires_chans=8,
                              box_prob=0.7, box_noise=0.05, background_rate=0.5, loss_upscale=2),
 }
+# boxes-background with 30% of the boxes enlarged (each side by up to 0.4 of the box): its model fills
+# whatever box it gets, which overshoots where z-propagation sends the box of a larger neighbour
+PLANS["loose-boxes"] = replace(PLANS["boxes-background"], loose_box_rate=0.3)
 
 
 def _resized(model, image_size: int):
@@ -171,7 +175,8 @@ def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, th
                                   eval_every=max(steps // 4, 1), box_prob=plan.box_prob, box_noise=plan.box_noise,
                                   **common)
         if name != "teacher-warmup":  # the warm-up only has to get the decoder to localise prompts
-            config = replace(config, background_rate=plan.background_rate, loss_upscale=plan.loss_upscale)
+            config = replace(config, background_rate=plan.background_rate, loss_upscale=plan.loss_upscale,
+                             loose_box_rate=plan.loose_box_rate)
         train_supervised(teacher, data, out / name, config, **kw)
         lap(name)
 
@@ -185,7 +190,8 @@ def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, th
     lap("phase 1")
     student = load_trained(out / "student-phase1")
     config = DecoderDistillConfig(steps=plan.phase2_steps, lr=plan.phase2_lr, background_rate=plan.background_rate,
-                                  warmup_steps=min(10, plan.phase2_steps // 4), **common)
+                                  loose_box_rate=plan.loose_box_rate, warmup_steps=min(10, plan.phase2_steps // 4),
+                                  **common)
     distill_decoder(teacher, student, stream(plan.phase2_steps, 4), out / "student",
                     replace(config, eval_every=max(plan.phase2_steps // 2, 1)), **kw)
     lap("phase 2")

@@ -30,7 +30,8 @@ from ..models import Sam, build_sam, load_checkpoint, save_checkpoint
 from ..registry import ArchSpec
 from .data import PromptDataset, Source
 from .losses import iou_prediction_loss, mask_loss
-from .prompting import PAD, POSITIVE, Prompts, boxes_from_masks, error_points, jitter_boxes, random_points
+from .prompting import (PAD, POSITIVE, Prompts, boxes_from_masks, error_points, jitter_boxes, loosen_boxes,
+                        random_points)
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -58,6 +59,7 @@ class LoopConfig:
     eval_images: int = 32
     checkpoint_every: int = 100
     background_rate: float = 0.0  # box steps: chance per image of an extra box on empty background (target: no mask)
+    loose_box_rate: float = 0.0  # box steps: chance per box that it is enlarged (prompting.loosen_boxes)
 
 
 @dataclass
@@ -129,13 +131,17 @@ def make_batch(dataset: PromptDataset, step: int, batch_images: int) -> Batch:
     )
 
 
-def first_prompts(masks: torch.Tensor, use_box: bool, box_noise: float, generator: torch.Generator) -> Prompts:
-    """Start prompts for ``masks (M, S, S)``: jittered boxes, or one uniformly random point per mask."""
+def first_prompts(
+    masks: torch.Tensor, use_box: bool, box_noise: float, generator: torch.Generator, loose_rate: float = 0.0
+) -> Prompts:
+    """Start prompts for ``masks (M, S, S)``: jittered boxes (a ``loose_rate`` share of them enlarged,
+    :func:`~unisam.train.prompting.loosen_boxes`), or one uniformly random point per mask."""
     if use_box:
+        size = tuple(masks.shape[1:])
         boxes = boxes_from_masks(masks)
         if box_noise > 0:
-            boxes = jitter_boxes(boxes, tuple(masks.shape[1:]), generator, scale=box_noise)
-        return Prompts.from_boxes(boxes)
+            boxes = jitter_boxes(boxes, size, generator, scale=box_noise)
+        return Prompts.from_boxes(loosen_boxes(boxes, size, generator, loose_rate))
     return Prompts.from_points(random_points(masks, generator))
 
 
@@ -181,7 +187,8 @@ def background_boxes(
 
 
 def start_prompts(
-    batch: Batch, use_box: bool, box_noise: float, background_rate: float, generator: torch.Generator
+    batch: Batch, use_box: bool, box_noise: float, background_rate: float, generator: torch.Generator,
+    loose_rate: float = 0.0,
 ) -> tuple[Batch, Prompts, torch.Tensor]:
     """The first prompts of a step: :func:`first_prompts` on every instance, then, on box steps,
     :func:`background_boxes`. Returns the batch with an empty target mask appended per background
@@ -190,7 +197,7 @@ def start_prompts(
     Only boxes go on background: single clicks there (tried) made the model timid on every lone or
     negative click, which cost centre-click mIoU and segment-everything recall.
     """
-    prompts = first_prompts(batch.masks, use_box, box_noise, generator)
+    prompts = first_prompts(batch.masks, use_box, box_noise, generator, loose_rate)
     present = torch.ones(len(batch.masks), dtype=torch.bool)
     if background_rate <= 0 or not use_box:
         return batch, prompts, present
@@ -252,7 +259,8 @@ def supervised_loss(
     s = model.image_size
     grid = model.spec.low_res_size * config.loss_upscale
     use_box = bool(torch.rand((), generator=generator) < config.box_prob)
-    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator)
+    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator,
+                                            config.loose_box_rate)
     idx = batch.image_index
     pool = s // grid
     targets = F.avg_pool2d(batch.masks[:, None].float(), pool) if pool > 1 else batch.masks[:, None].float()
