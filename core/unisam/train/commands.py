@@ -177,10 +177,10 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_recipe(args) -> None:
-    from .recipe import SHIPPED_PLAN, run_recipe
+    from .recipe import run_recipe
 
     run_recipe(args.out, seed=args.seed, budget_scale=args.budget_scale, threads=args.threads,
-               progress=not args.no_progress, plan=args.plan or SHIPPED_PLAN)
+               progress=not args.no_progress, plan=args.plan)
 
 
 def add_commands(subparsers) -> None:
@@ -228,7 +228,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-scale", type=float, default=1.0, help="scale every phase's steps (0.05 for a smoke run)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--plan", default=None,
-                   help="a name of unisam.train.recipe.PLANS (default: the plan that made the bundled model)")
+    p.add_argument("--plan", default="shipped",
+                   help="shipped (the plan that made the bundled model) or boxes-background (a variant under study)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_recipe)
