@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 import unisam
-from unisam.train.synthetic import KINDS, generate_sample
+from unisam.data.synthetic import KINDS, generate_sample
 
 
 def match(pred: np.ndarray, gt: np.ndarray, iou_min: float = 0.5) -> int:

@@ -14,7 +14,7 @@ from PIL import Image
 
 import unisam
 from unisam.registry import BUNDLED_MODEL, get_card
-from unisam.train.synthetic import generate_sample
+from unisam.data.synthetic import generate_sample
 from unisam.weights import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]

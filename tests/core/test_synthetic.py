@@ -1,6 +1,8 @@
-"""unisam.train.synthetic: deterministic samples with exact, disjoint masks; sequences; COCO export."""
+"""unisam.data.synthetic: deterministic samples with exact, disjoint masks; sequences; COCO export."""
 
 import math
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -9,8 +11,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from scipy import ndimage
 
-from unisam.train import synthetic
-from unisam.train.synthetic import (
+from unisam.data.synthetic import bodies, noise, render
+from unisam.data.synthetic import (
     KINDS,
     MIN_AREA,
     SyntheticDataset,
@@ -149,24 +151,24 @@ def test_footprint_matches_analytic_shapes(angle, scale):
     rotated, scaled and cut by the image border."""
     size = (60, 70)
     yy, xx = np.mgrid[: size[0], : size[1]].astype(np.float64)
-    bank = synthetic._bank(np.random.default_rng(0))
+    bank = noise.texture_bank(np.random.default_rng(0))
     cy, cx = 25.3, 63.6  # near the right border: the shape is clipped
     a, b = 14.0, 8.0
     x, y = _local(yy, xx, cy, cx, angle)
 
-    ellipse = _mask_of(synthetic._Body(synthetic._Radial(synthetic._ellipse(a, b)), (cy, cx), angle, scale), size, bank)
+    ellipse = _mask_of(bodies.Body(bodies.Radial(bodies.ellipse(a, b)), (cy, cx), angle, scale), size, bank)
     q = np.sqrt((x / (a * scale)) ** 2 + (y / (b * scale)) ** 2)
     sure = np.abs(q - 1) > 0.03  # skip pixels within ~0.3 px of the outline (interpolated outline)
     np.testing.assert_array_equal(ellipse[sure], (q < 1)[sure])
     assert ellipse[:, -1].any()  # the clipped case is exercised
 
-    rect = synthetic._polygon(np.array([[a, b], [-a, b], [-a, -b], [a, -b]]))
-    rect = _mask_of(synthetic._Body(synthetic._Radial(rect), (cy, cx), angle, scale), size, bank)
+    rect = bodies.polygon(np.array([[a, b], [-a, b], [-a, -b], [a, -b]]))
+    rect = _mask_of(bodies.Body(bodies.Radial(rect), (cy, cx), angle, scale), size, bank)
     margin = np.minimum(a * scale - np.abs(x), b * scale - np.abs(y))
     sure = np.abs(margin) > 0.5
     np.testing.assert_array_equal(rect[sure], (margin > 0)[sure])
 
-    rod = _mask_of(synthetic._Body(synthetic._Capsule(10.0, 4.0), (cy, cx), angle, scale), size, bank)
+    rod = _mask_of(bodies.Body(bodies.Capsule(10.0, 4.0), (cy, cx), angle, scale), size, bank)
     dist = np.hypot(np.maximum(np.abs(x) - 10 * scale, 0), y) - 4 * scale
     sure = np.abs(dist) > 0.05
     np.testing.assert_array_equal(rod[sure], (dist < 0)[sure])
@@ -178,8 +180,8 @@ def test_touching_bodies_split_by_nearest_relative_distance():
     size = (50, 60)
     yy, xx = np.mgrid[: size[0], : size[1]].astype(np.float64)
     discs = [((20.0, 22.0), 12.0), ((27.0, 38.0), 9.0), ((45.0, 10.0), 7.0)]  # 1-2 overlap, 3 clipped
-    bodies = [synthetic._Body(synthetic._Radial(synthetic._ellipse(r, r)), c, 0.3) for c, r in discs]
-    label = synthetic._zbuffer(bodies, 0.0, size, synthetic._bank(np.random.default_rng(0)))[0]
+    objects = [bodies.Body(bodies.Radial(bodies.ellipse(r, r)), c, 0.3) for c, r in discs]
+    label = render.zbuffer(objects, 0.0, size, noise.texture_bank(np.random.default_rng(0)))[0]
     rel = np.stack([np.hypot(yy - c[0], xx - c[1]) / r for c, r in discs])
     expected = np.where(rel.min(0) < 1, rel.argmin(0) + 1, 0)
     order = np.sort(rel, axis=0)
@@ -237,6 +239,11 @@ def test_contact_sheet_tiles_and_outlines():
     samples = _samples("nuclei", 3)
     sheet = contact_sheet(samples, cols=2, outlines=True)
     assert sheet.shape == (2 * (SIZE[0] + 2), 2 * (SIZE[1] + 2), 3) and sheet.dtype == np.uint8
+
+
+def test_generator_imports_no_torch():
+    code = "import sys, unisam.data.synthetic; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_bad_arguments_raise_value_error():

@@ -9,7 +9,7 @@ from unisam.images import load_image
 from unisam.instances import masks_to_boxes
 from unisam.runtime.everything import box_iou
 from unisam.runtime.tiling import embed_tiles, segment_everything_tiled, segment_tiled, tile_boxes
-from unisam.train.synthetic import generate_sample
+from unisam.data.synthetic import generate_sample
 
 EVERYTHING = dict(points_per_side=16, pred_iou_thresh=0.4, stability_score_thresh=0.9)
 

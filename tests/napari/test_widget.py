@@ -13,7 +13,7 @@ import unisam
 from unisam.images import load_image
 from unisam.runtime.propagate import propagate
 from unisam.runtime.tiling import segment_everything_tiled, segment_tiled
-from unisam.train.synthetic import generate_sample, generate_sequence
+from unisam.data.synthetic import generate_sample, generate_sequence
 from unisam_napari._sample_data import IMAGE_SEED, STACK_SEED
 from unisam_napari._widget import UnisamWidget
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..data.synthetic import KINDS, Sample, SyntheticDataset
 from ..images import load_image
 from ..registry import PIXEL_MEAN, PIXEL_STD
 from ..runtime.transforms import normalize_and_pad, preprocess_shape, resize_longest_side
-from .synthetic import KINDS, Sample, SyntheticDataset
 
 
 @dataclass(frozen=True)
@@ -130,10 +130,10 @@ class SA1BSource:
 
 
 class SyntheticSource:
-    """Synthetic images (:mod:`unisam.train.synthetic`) as a source.
+    """Synthetic images (:mod:`unisam.data.synthetic`) as a source.
 
     Item ``i`` has frame size ``sizes[i % len(sizes)]`` and depends only on ``(seed, i)``; kinds
-    cycle with ``i`` as in :class:`~unisam.train.synthetic.SyntheticDataset`. Several frame sizes
+    cycle with ``i`` as in :class:`~unisam.data.synthetic.SyntheticDataset`. Several frame sizes
     vary the object scale seen by a fixed-input model (microscopy objects have sizes in pixels).
     Images go through :func:`unisam.images.load_image` (uint16 / grey -> RGB uint8), as at inference.
     """

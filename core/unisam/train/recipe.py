@@ -120,13 +120,13 @@ def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, th
     """Run the whole recipe (``plan``: a name of :data:`PLANS`) into ``out_dir`` (resumable: finished
     phases are skipped, an interrupted one continues from its checkpoint). Returns the results
     written to ``results.json``."""
+    from ..data.synthetic import write_coco
     from ..api import load_model
     from ..models import build_sam, export_onnx
     from .data import CocoSource, SimpleScenes, SyntheticSource
     from .distill import DecoderDistillConfig, EncoderDistillConfig, distill_decoder, distill_encoder, make_student
     from .evaluate import evaluate, format_table, measure_latency
     from .supervised import SupervisedConfig, init_from_scratch, load_trained, train_supervised
-    from .synthetic import write_coco
 
     if budget_scale <= 0:
         raise ValueError(f"budget_scale must be positive, got {budget_scale}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unisam.train.synthetic import generate_sample, generate_sequence
+from unisam.data.synthetic import generate_sample, generate_sequence
 
 IMAGE_SEED = 0  # a 16-bit grey image with a few dozen nuclei, alone and in clusters
 STACK_SEED = 4  # 16-bit grey frames with about twenty nuclei
