@@ -6,9 +6,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from ...masks import masks_to_boxes, masks_to_rle
 from .sample import Sample
 
 
@@ -16,8 +16,6 @@ def write_coco(samples: Iterable[Sample], out_dir: str | Path) -> Path:
     """Write ``images/NNNNNN.png`` (uint16 grey stays 16-bit) and ``annotations.json``: COCO instances
     with compressed-RLE masks, one category ``object``; each annotation also keeps ``object_id``, each
     image its ``kind``. Returns the JSON path."""
-    from pycocotools import mask as mask_utils
-
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -26,14 +24,12 @@ def write_coco(samples: Iterable[Sample], out_dir: str | Path) -> Path:
         Image.fromarray(s.image).save(out / name)
         h, w = s.image.shape[:2]
         images.append({"id": image_id, "file_name": name, "height": h, "width": w, "kind": s.kind})
-        if not len(s.masks):
-            continue
-        rles = mask_utils.encode(np.asfortranarray(s.masks.transpose(1, 2, 0).astype(np.uint8)))
-        for rle, area, box, obj in zip(rles, mask_utils.area(rles), mask_utils.toBbox(rles), s.ids):
+        areas = s.masks.sum(axis=(1, 2))
+        for rle, area, (x1, y1, x2, y2), obj in zip(masks_to_rle(s.masks), areas, masks_to_boxes(s.masks), s.ids):
             annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
-                "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
-                "area": int(area), "bbox": [float(b) for b in box], "iscrowd": 0, "object_id": int(obj),
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "segmentation": rle,
+                "area": int(area), "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "iscrowd": 0,
+                "object_id": int(obj),
             })
     path = out / "annotations.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations,
