@@ -1,9 +1,12 @@
 """Find, download and verify weight files.
 
 Files live in :func:`cache_dir` (``$UNISAM_CACHE_DIR`` or ``~/.cache/unisam``) under their registry
-filename. Nothing touches the network unless ``download=True``. A file is trusted only once its
-SHA-256 matches the registry; that check is remembered per file by (size, mtime) in a small JSON
-record under ``<cache_dir>/verified/``, so large files are hashed once, not at every start.
+filename. Nothing touches the network unless ``download=True``. A downloaded or cached file is
+trusted only once its SHA-256 matches the registry. A file the caller names explicitly may be their
+own weights (e.g. fine-tuned) in the official layout: a different SHA-256 is then logged, not refused,
+unless ``verify=True``. Every file's SHA-256 (:func:`cached_sha256`) is remembered by (size, mtime)
+in a small JSON record under ``<cache_dir>/verified/``, so large files are hashed once, not at every
+start.
 """
 
 from __future__ import annotations
@@ -46,6 +49,35 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+_memo: dict[tuple[str, int, int], str] = {}  # (absolute path, size, mtime_ns) -> SHA-256, this process
+
+
+def cached_sha256(path: str | os.PathLike[str]) -> str:
+    """:func:`sha256_file` of ``path``, computed once per file version.
+
+    The digest is remembered by (absolute path, size, mtime) in this process and in a record under
+    ``<cache_dir>/verified/``, so a multi-GB checkpoint is hashed once, not at every start. A file
+    rewritten in place (new size or mtime) is hashed again.
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _memo:
+        return _memo[key]
+    digest = None
+    try:
+        record = json.loads(_record_path(path).read_text())
+        if isinstance(record, dict) and record == _stamp(path, str(record.get("sha256"))):
+            digest = record["sha256"]
+    except (OSError, ValueError):
+        pass
+    if digest is None:
+        digest = sha256_file(path)
+        _remember(path, digest)
+    _memo[key] = digest
+    return digest
+
+
 def resolve_weight(
     file: WeightFile,
     *,
@@ -53,20 +85,33 @@ def resolve_weight(
     download: bool = False,
     progress: bool = True,
     model: str | None = None,
+    verify: bool = False,
 ) -> Path:
-    """The local path of a verified copy of ``file``.
+    """The local path of ``file``: the file at ``path``, or a verified copy in the cache.
 
-    ``path``: use this file (it must exist and match ``file.sha256``). Otherwise the cached copy
-    ``cache_dir() / file.filename``; when absent (or corrupt) and ``download`` is true it is fetched
-    from ``file.url`` with a progress bar. ``model`` only names the model in error messages.
+    ``path``: use this file; it must exist. Its SHA-256 is compared with ``file.sha256``: a match says
+    nothing; a difference is logged (INFO) as the caller's own weights for ``model``'s architecture
+    (e.g. a fine-tuned checkpoint in the official layout), or, with ``verify=True``, refused.
+    Otherwise the cached copy ``cache_dir() / file.filename``, which must match ``file.sha256``;
+    when absent (or corrupt) and ``download`` is true it is fetched from ``file.url`` with a progress
+    bar and verified. ``model`` names the model in messages.
     Raises ``WeightsNotFoundError`` when there is no file and no permission to download, and
-    ``ValueError`` when a file's SHA-256 differs from the registry.
+    ``ValueError`` when a cached or downloaded file's SHA-256 differs from the registry (or, with
+    ``verify=True``, an explicit file's).
     """
     if path is not None:
         explicit = Path(path).expanduser()
         if not explicit.is_file():
             raise WeightsNotFoundError(f"weight file {explicit} does not exist (expected {file.filename})")
-        _verify(explicit, file)
+        actual = cached_sha256(explicit)
+        if actual != file.sha256:
+            if verify:
+                raise ValueError(_mismatch_message(explicit, actual, file) + " (verify=True: only the official file)")
+            logger.info(
+                "%s is not the official %s (SHA-256 %s, official %s): treating it as your own fine-tuned "
+                "weights for the %s architecture",
+                explicit, file.filename, actual[:12], file.sha256[:12], model or file.filename,
+            )
         return explicit
 
     target = cache_dir() / file.filename
@@ -85,20 +130,18 @@ def resolve_weight(
 
 
 def _verify(path: Path, file: WeightFile) -> None:
-    """Raise ``ValueError`` unless ``path`` has ``file.sha256`` (trusting a matching verification record)."""
-    try:
-        if json.loads(_record_path(path).read_text()) == _stamp(path, file.sha256):
-            return
-    except (OSError, ValueError):
-        pass
-    actual = sha256_file(path)
+    """Raise ``ValueError`` unless ``path`` has ``file.sha256`` (trusting a matching digest record)."""
+    actual = cached_sha256(path)
     if actual != file.sha256:
-        raise ValueError(
-            f"weight file {path} has SHA-256 {actual}, expected {file.sha256} for {file.filename}: the "
-            "file may be corrupt (an interrupted download) or a different version. Delete it and fetch "
-            f"it again from {file.url}"
-        )
-    _remember(path, actual)
+        raise ValueError(_mismatch_message(path, actual, file))
+
+
+def _mismatch_message(path: Path, actual: str, file: WeightFile) -> str:
+    return (
+        f"weight file {path} has SHA-256 {actual}, expected {file.sha256} for {file.filename}: the "
+        "file may be corrupt (an interrupted download) or a different version. Delete it and fetch "
+        f"it again from {file.url}"
+    )
 
 
 def _stamp(path: Path, sha256: str) -> dict[str, object]:
@@ -107,7 +150,7 @@ def _stamp(path: Path, sha256: str) -> dict[str, object]:
 
 
 def _remember(path: Path, sha256: str) -> None:
-    """Record that ``path`` at its current size and mtime has ``sha256``."""
+    """Record that ``path`` at its current size and mtime has ``sha256`` (read by :func:`cached_sha256`)."""
     record_path = _record_path(path)
     try:
         record_path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +160,7 @@ def _remember(path: Path, sha256: str) -> None:
 
 
 def _record_path(path: Path) -> Path:
-    """The verification record of a weight file: one small JSON per absolute path."""
+    """The digest record of a weight file: one small JSON per absolute path."""
     key = hashlib.blake2b(str(path.resolve()).encode(), digest_size=12).hexdigest()
     return cache_dir() / "verified" / f"{path.name}.{key}.json"
 

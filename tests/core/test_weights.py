@@ -3,14 +3,16 @@
 import functools
 import hashlib
 import http.server
+import logging
 import os
 import threading
 from pathlib import Path
 
 import pytest
 
+from unisam import weights
 from unisam.registry import WeightFile
-from unisam.weights import WeightsNotFoundError, cache_dir, resolve_weight, sha256_file
+from unisam.weights import WeightsNotFoundError, cache_dir, cached_sha256, resolve_weight, sha256_file
 
 PAYLOAD = os.urandom(3 * 2**20 + 123)  # several download chunks
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -123,20 +125,43 @@ def test_missing_file_message_and_no_network(server, cache):
         resolve_weight(_file(base))
 
 
-def test_explicit_path_is_verified(tmp_path, cache):
-    good = tmp_path / "mine.bin"
-    good.write_bytes(PAYLOAD)
+def test_explicit_path_is_the_callers_own_file_unless_verify(tmp_path, cache, caplog):
     file = _file("http://127.0.0.1:9")  # never contacted
-    assert resolve_weight(file, path=good) == good
-    bad = tmp_path / "other.bin"
-    bad.write_bytes(PAYLOAD[:-1] + b"x")
-    with pytest.raises(ValueError) as info:
-        resolve_weight(file, path=bad)
+    official = tmp_path / "mine.bin"
+    official.write_bytes(PAYLOAD)
+    with caplog.at_level(logging.INFO, logger="unisam.weights"):
+        assert resolve_weight(file, path=official, model="edgesam") == official
+    assert caplog.records == []  # the official file, under another name: nothing to say
+    own = tmp_path / "finetuned.bin"
+    own.write_bytes(PAYLOAD[:-1] + b"x")
+    own_sha = hashlib.sha256(own.read_bytes()).hexdigest()
+    with caplog.at_level(logging.INFO, logger="unisam.weights"):
+        assert resolve_weight(file, path=own, model="edgesam") == own  # a note, not a refusal
+    (note,) = caplog.records
+    assert note.levelno == logging.INFO
+    message = note.getMessage()
+    assert "finetuned.bin" in message and own_sha[:12] in message and PAYLOAD_SHA[:12] in message
+    assert "own fine-tuned weights for the edgesam architecture" in message
+    with pytest.raises(ValueError) as info:  # verify=True insists on the official file
+        resolve_weight(file, path=own, verify=True)
     message = str(info.value)
-    assert PAYLOAD_SHA in message and hashlib.sha256(bad.read_bytes()).hexdigest() in message
-    assert "corrupt" in message and "different version" in message
+    assert PAYLOAD_SHA in message and own_sha in message and "verify=True" in message
+    assert resolve_weight(file, path=official, verify=True) == official
     with pytest.raises(WeightsNotFoundError, match="nope.bin"):
         resolve_weight(file, path=tmp_path / "nope.bin")
+
+
+def test_cached_sha256_hashes_each_file_version_once(tmp_path, cache, monkeypatch):
+    path = tmp_path / "big.bin"
+    path.write_bytes(PAYLOAD)
+    calls = []
+    real = weights.sha256_file
+    monkeypatch.setattr(weights, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert cached_sha256(path) == PAYLOAD_SHA and len(calls) == 1
+    weights._memo.clear()  # a new process: the record on disk is enough
+    assert cached_sha256(path) == PAYLOAD_SHA and len(calls) == 1
+    path.write_bytes(PAYLOAD[:-1])  # rewritten: new size, so hashed again
+    assert cached_sha256(path) == hashlib.sha256(PAYLOAD[:-1]).hexdigest() and len(calls) == 2
 
 
 def test_verification_record_avoids_rehash(cache):
