@@ -1,6 +1,7 @@
 """Strict, safe loading of official-layout checkpoints written from the official model code."""
 
 import logging
+import pickle
 
 import pytest
 import torch
@@ -98,6 +99,51 @@ def test_pickle_with_arbitrary_object_is_refused(tmp_path):
     torch.save({"mask_decoder.iou_token.weight": torch.zeros(1, 256), "x": _Payload()}, path)
     with pytest.raises(ValueError, match="weights_only"):
         load_checkpoint(build_sam(EDGE_SAM), path)
+
+
+def test_pickle_with_arbitrary_object_is_refused_and_named(tmp_path):
+    """Both torch.save's zip and a bare pickle: the callable is named, and it did not run."""
+    state = {"mask_decoder.iou_token.weight": torch.zeros(1, 256), "x": _Payload()}
+    torch.save(state, tmp_path / "zip.pth")
+    with (tmp_path / "bare.pth").open("wb") as f:
+        pickle.dump(state, f)
+    for name in ("zip.pth", "bare.pth"):
+        with pytest.raises(ValueError) as info:
+            read_state_dict(tmp_path / name)
+        message = str(info.value)
+        assert "not a plain tensor checkpoint" in message and "refers to builtins.exec" in message
+        assert "not executed" in message and info.value.__cause__ is None
+
+
+def test_damaged_files_are_clear_errors(tmp_path, edge_sam_file):
+    data = edge_sam_file.read_bytes()
+    save_checkpoint(build_sam(EDGE_SAM), tmp_path / "whole.safetensors")
+    tensors = (tmp_path / "whole.safetensors").read_bytes()
+    for name, content in {
+        "half.pth": data[: len(data) // 2],
+        "cut.pth": data[:-64],
+        "empty.pth": b"",
+        "noise.pth": bytes(range(256)) * 4,
+        "half.safetensors": tensors[: len(tensors) // 2],
+        "tiny.safetensors": b"abc",
+    }.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match="truncated or corrupt") as info:
+            read_state_dict(tmp_path / name)
+        assert name in str(info.value) and info.value.__cause__ is None
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        read_state_dict(tmp_path / "nope.pth")
+
+
+def test_missing_keys_error_names_the_extra_keys_too(tmp_path, edge_sam_file):
+    state = torch.load(edge_sam_file, weights_only=True)
+    state["mask_decoder.iou_tokens.weight"] = state.pop("mask_decoder.iou_token.weight")  # a renamed key
+    path = tmp_path / "renamed.pth"
+    torch.save(state, path)
+    expected = (r"does not fit EdgeSAM: 1 missing keys: mask_decoder\.iou_token\.weight; "
+                r"1 keys the model does not have: mask_decoder\.iou_tokens\.weight")
+    with pytest.raises(ValueError, match=expected):
+        load_checkpoint(build_sam(EDGE_SAM), path, what="EdgeSAM")
 
 
 def test_wrapped_and_safetensors_round_trip(tmp_path, edge_sam_file):
