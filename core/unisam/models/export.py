@@ -16,7 +16,6 @@ inference; see its docstring for the rewrites (all exact up to float rounding).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -28,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..registry import ONNX_FORMAT, ArchSpec
+from ..weights import sha256_file
 from .fuse import fuse_for_inference
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -223,14 +223,6 @@ class DecoderGraph(nn.Module):
         return decoder.iou_prediction_head(queries[:, 0]), masks
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             dynamic: dict[str, dict[int, str]], opset: int) -> None:
     """``torch.onnx.export`` with the TorchScript-based exporter (``dynamo=False``).
@@ -268,8 +260,8 @@ def export_onnx(model: Sam, out_dir: str | Path, *, opset: int = 17, fuse: bool 
 
     config = spec.to_dict() | {
         "format": ONNX_FORMAT,
-        "encoder_sha256": _sha256(paths.encoder),
-        "decoder_sha256": _sha256(paths.decoder),
+        "encoder_sha256": sha256_file(paths.encoder),
+        "decoder_sha256": sha256_file(paths.decoder),
     }
     paths.config.write_text(json.dumps(config, indent=2) + "\n")
     return paths
