@@ -1,4 +1,8 @@
-"""Layers shared by the encoders and the prompt encoder / mask decoder."""
+"""Layers shared by the encoders and the prompt encoder / mask decoder.
+
+``LayerNorm2d`` is a port of ``segment_anything/modeling/common.py`` (Meta, Apache-2.0);
+``make_neck`` builds the neck of ``segment_anything/modeling/image_encoder.py``.
+"""
 
 from __future__ import annotations
 

@@ -9,6 +9,9 @@ after its first ``transformer_dim`` channels (space-to-depth, see ``ArchSpec``).
 3x3 convolution once per image and are added to each prompt's upscaled features, followed by a
 residual per-pixel mix, so the masks follow image edges at stride 4 instead of being interpolated
 from the stride-16 tokens.
+
+Port of ``segment_anything/modeling/mask_decoder.py`` (Meta, Apache-2.0), with the output selection
+of EdgeSAM's ``edge_sam/modeling/mask_decoder.py``; the high-resolution path is unisam's own.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Parameter names and shapes match ``segment_anything`` / EdgeSAM / MobileSAM checkpoints
 (``prompt_encoder.*`` keys).
+
+Port of ``segment_anything/modeling/prompt_encoder.py`` (Meta, Apache-2.0).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ stages of stride 4, 8, 16 and 32. With ``fuse=True`` (EdgeSAM's default) the nec
 1x1 projection of the stride-16 stage and a 1x1 projection of the stride-32 stage upsampled 2x; with
 ``fuse=False`` the last stage keeps stride 16 and feeds the neck alone. Conv+BN pairs are stored
 un-folded, as in the official checkpoint; :func:`unisam.models.fuse.fuse_for_inference` folds them.
+
+Port of EdgeSAM's ``edge_sam/modeling/rep_vit.py`` (EdgeSAM is under the S-Lab License 1.0; RepViT
+itself comes from THU-MIG/RepViT, Apache-2.0); ``SqueezeExcite`` mirrors timm's ``SEModule``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 
 State-dict keys carry the official prefixes ``image_encoder.``, ``prompt_encoder.`` and
 ``mask_decoder.``; the pixel mean/std buffers are not persistent (as in the official checkpoints).
+
+Port of ``segment_anything/modeling/sam.py`` (Meta, Apache-2.0); :func:`build_sam` takes the place of
+``segment_anything/build_sam.py`` and EdgeSAM's / MobileSAM's ``build_sam.py``.
 """
 
 from __future__ import annotations

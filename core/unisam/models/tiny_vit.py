@@ -4,6 +4,9 @@ A ``(B, 3, S, S)`` normalised image becomes ``(B, 256, S/16, S/16)`` features: a
 a stage of MBConv blocks, three stages of windowed-attention blocks (stride 8, 16, 16: the last patch
 merging keeps the resolution), then SAM's conv neck. The checkpoint also carries TinyViT's ImageNet
 head (``norm_head``, ``head``); it is kept so a strict load of ``image_encoder.*`` works, and unused.
+
+Port of MobileSAM's ``mobile_sam/modeling/tiny_vit_sam.py`` (MobileSAM, Apache-2.0; TinyViT by
+Microsoft).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Image-side tensors may have batch 1 while token tensors have batch B: every operation broadcasts, so
 one image embedding serves B prompts without being copied B times up front.
+
+Port of ``segment_anything/modeling/transformer.py`` (Meta, Apache-2.0).
 """
 
 from __future__ import annotations

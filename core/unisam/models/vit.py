@@ -4,6 +4,8 @@ A ``(B, 3, S, S)`` normalised image becomes ``(B, out_chans, S/16, S/16)`` featu
 embedding plus an absolute position embedding, ``depth`` pre-norm transformer blocks (windowed
 attention, except global attention at ``global_attn_indexes``), each attention adding decomposed
 relative position biases, then a conv neck.
+
+Port of ``segment_anything/modeling/image_encoder.py`` (Meta, Apache-2.0).
 """
 
 from __future__ import annotations
