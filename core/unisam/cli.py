@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(p):
         p.add_argument("--model", default=None, help="registered model (default: edgesam once its weights are cached, else unisam-tiny)")
-        p.add_argument("--weights", default=None, help="checkpoint file or `unisam export` directory")
+        p.add_argument("--weights", default=None,
+                       help="`unisam export` directory, or checkpoint file in the model's official layout "
+                            "(the official one or your own fine-tuned weights)")
         p.add_argument("--download", action="store_true", help="download missing official weights")
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
@@ -156,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a registered model's checkpoint to ONNX (needs torch)")
     p.add_argument("model")
-    p.add_argument("--checkpoint", default=None, help="official checkpoint file (else the cache)")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint file in the official layout, the official one or your own fine-tuned weights "
+                        "(default: the official one from the cache)")
     p.add_argument("--out", required=True)
     p.add_argument("--download", action="store_true")
     p.add_argument("--overwrite", action="store_true")

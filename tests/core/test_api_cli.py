@@ -6,6 +6,7 @@ served by a local HTTP server, downloaded into a temporary cache, verified, expo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -133,11 +134,35 @@ def test_checkpoint_is_downloaded_verified_exported_once_and_cached(served, cach
     assert pred.masks.shape == (3, 240, 320)
 
 
-def test_a_checkpoint_with_the_wrong_hash_is_refused(served, cache, tmp_path):
+def _exports(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "onnx").iterdir()) if (cache / "onnx").is_dir() else []
+
+
+def test_a_download_or_cached_file_with_the_wrong_hash_is_refused(served, cache):
+    wrong = register(dataclasses.replace(
+        served, name=f"{served.name}-wrong-sha", checkpoint=dataclasses.replace(served.checkpoint, sha256="0" * 64)
+    ))
+    with pytest.raises(ValueError, match="SHA-256") as info:
+        unisam.load_model(wrong.name, download=True)
+    assert "0" * 64 in str(info.value) and served.checkpoint.sha256 in str(info.value)
+    assert not (cache / wrong.checkpoint.filename).exists() and _exports(cache) == []
+    cache.mkdir(exist_ok=True)  # a cached copy that does not match the registry is refused too
+    (cache / wrong.checkpoint.filename).write_bytes(b"not the checkpoint")
+    with pytest.raises(ValueError, match="SHA-256"):
+        unisam.load_model(wrong.name)
+    assert _exports(cache) == []
+
+
+def test_an_explicit_file_that_is_no_checkpoint_is_a_clear_error(served, cache, tmp_path):
     bad = tmp_path / "edge_sam.pth"
     bad.write_bytes(b"not the checkpoint")
-    with pytest.raises(ValueError, match="SHA-256"):
+    with pytest.raises(ValueError, match="not a plain tensor checkpoint.*truncated or corrupt"):
         unisam.load_model(served.name, weights=bad)
+    with pytest.raises(ValueError, match="SHA-256.*verify=True"):  # insisting on the official file
+        unisam.load_model(served.name, weights=bad, verify=True)
+    with pytest.raises(WeightsNotFoundError, match="nope.pth"):
+        unisam.load_model(served.name, weights=tmp_path / "nope.pth")
+    assert _exports(cache) == []  # nothing exported, no temporary export left behind
 
 
 def test_cli_segment_writes_the_api_mask_and_refuses_to_overwrite(edgesam_onnx, edgesam_predictor, image_file,
