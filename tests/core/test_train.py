@@ -425,7 +425,7 @@ def test_background_boxes_get_empty_targets_zero_iou_and_a_click_inside():
 
 def empty_box_scores(model, n_images: int = 6) -> np.ndarray:
     """Predicted IoU of the single-mask output for 20 x 20 px boxes on empty background (discs held out)."""
-    from unisam.train.prompting import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
+    from unisam.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT
 
     dataset = PromptDataset(Discs(n_images, seed=123), SIZE, 3, 0)
     scores = []

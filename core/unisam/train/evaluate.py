@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..prompts import make_prompt
+from ..prompts import PAD, make_prompt
 from ..runtime.predictor import Predictor
 from ..runtime.transforms import normalize_and_pad, resize_longest_side
 from .data import Source
-from .prompting import PAD, Prompts, boxes_from_masks, center_points, error_points
+from .prompting import Prompts, boxes_from_masks, center_points, error_points
 
 PROMPT_TYPES = ("box", "center")
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy import ndimage
 
-PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1.0, 0.0, 1.0, 2.0, 3.0
+from ..masks import deepest_point
+from ..prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
+
 ERROR_MODES = ("uniform", "center")
 
 
@@ -90,16 +90,6 @@ def random_points(masks: torch.Tensor, generator: torch.Generator | None = None)
     return torch.stack([index % w, index // w], 1).float()
 
 
-def _deepest(mask: np.ndarray) -> tuple[float, tuple[int, int]]:
-    """Largest distance to the region's boundary (the frame border counts as boundary) and the
-    first pixel (row-major) where it is reached, as ``(distance, (x, y))``; ``(0, (0, 0))`` if empty."""
-    if not mask.any():
-        return 0.0, (0, 0)
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    flat = int(dist.argmax())
-    return float(dist.flat[flat]), (flat % mask.shape[1], flat // mask.shape[1])
-
-
 def center_points(masks: torch.Tensor) -> torch.Tensor:
     """Each mask's centre point: the in-mask pixel farthest from the mask boundary (Euclidean distance
     transform; ties go to the first pixel in row-major order). ``(B, H, W)`` bool -> ``(B, 2)`` xy."""
@@ -108,7 +98,7 @@ def center_points(masks: torch.Tensor) -> torch.Tensor:
     for i, m in enumerate(masks.cpu().numpy()):
         if not m.any():
             raise ValueError("cannot take the centre of an empty mask")
-        out[i] = torch.tensor(_deepest(m)[1], dtype=torch.float32)
+        out[i] = torch.tensor(deepest_point(m)[1], dtype=torch.float32)
     return out
 
 
@@ -159,8 +149,8 @@ def error_points(
         return coords, labels
     fn_np, fp_np = fn.cpu().numpy(), fp.cpu().numpy()
     for i in torch.nonzero(enough)[:, 0].tolist():
-        depth_fn, xy_fn = _deepest(fn_np[i])
-        depth_fp, xy_fp = _deepest(fp_np[i])
+        depth_fn, xy_fn = deepest_point(fn_np[i])
+        depth_fp, xy_fp = deepest_point(fp_np[i])
         positive = depth_fn >= depth_fp
         coords[i] = torch.tensor(xy_fn if positive else xy_fp, dtype=torch.float32)
         labels[i] = POSITIVE if positive else NEGATIVE

@@ -27,11 +27,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models import Sam, build_sam, load_checkpoint, save_checkpoint
+from ..prompts import PAD, POSITIVE
 from ..registry import ArchSpec
 from .data import PromptDataset, Source
 from .losses import iou_prediction_loss, mask_loss
-from .prompting import (PAD, POSITIVE, Prompts, boxes_from_masks, error_points, jitter_boxes, loosen_boxes,
-                        random_points)
+from .prompting import Prompts, boxes_from_masks, error_points, jitter_boxes, loosen_boxes, random_points
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
