@@ -30,19 +30,9 @@ import torch
 from torch.nn import functional as F
 
 from ..models import Sam, build_sam
-from .data import PromptDataset, Source
+from .data import Source
 from .losses import embedding_mse, mask_loss
-from .prompting import error_points
-from .supervised import (
-    Batch,
-    LoopConfig,
-    background_clicks,
-    grid_to_input,
-    make_batch,
-    run_loop,
-    start_prompts,
-    validation_fn,
-)
+from .supervised import Batch, LoopConfig, RoundLosses, add_correction, run_phase, start_step
 
 
 @dataclass
@@ -117,39 +107,27 @@ def decoder_distill_loss(
         t_emb = teacher.embed_image(batch.images)
     s_emb = student.embed_image(batch.images)
     if not len(batch.masks):
-        zero = s_emb.sum() * 0
-        return {"loss": zero, "mask": zero.detach(), "iou": zero.detach()}
+        return RoundLosses.zero(s_emb)
     grid, size = student.spec.low_res_size, student.image_size
-    use_box = bool(torch.rand((), generator=generator) < config.box_prob)
-    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator,
-                                            config.loose_box_rate)
+    _, batch, prompts, present = start_step(batch, config, generator)
     idx = batch.image_index
     valid = F.avg_pool2d(batch.valid[:, None].float(), size // grid)[idx]  # (M, 1, grid, grid) coverage
-    total = mask_total = iou_total = 0.0
+    losses = RoundLosses(config.decode_iters, config.iou_weight)
     for it in range(config.decode_iters):
         coords, labels = prompts.tokens()
         with torch.no_grad():
             t_low, t_iou = teacher.forward_decoder(t_emb, coords, labels, None, num_outputs=4, image_index=idx)
         s_low, s_iou = student.forward_decoder(s_emb, coords, labels, None, num_outputs=4, image_index=idx)
-        l_mask = mask_loss(s_low, (t_low > 0).float(), valid, config.dice_weight, config.bce_weight).mean()
-        l_iou = F.mse_loss(s_iou, t_iou)
-        total = total + (l_mask + config.iou_weight * l_iou) / config.decode_iters
-        mask_total += float(l_mask.detach()) / config.decode_iters
-        iou_total += float(l_iou.detach()) / config.decode_iters
+        losses.add(mask_loss(s_low, (t_low > 0).float(), valid, config.dice_weight, config.bce_weight).mean(),
+                   F.mse_loss(s_iou, t_iou))
         if it + 1 < config.decode_iters:
             rows = torch.arange(len(idx))
             best = t_iou.argmax(1)
             teacher_mask = t_low[rows, best] > 0
             student_mask = s_low.detach()[rows, best] > 0
-            xy, lab = error_points(student_mask, teacher_mask, "uniform", generator, valid[:, 0] > 0.5)
-            xy, lab = background_clicks(prompts, present, grid_to_input(xy, grid, size), lab, it == 0)
-            prompts = prompts.add(xy, lab)
-    return {"loss": total, "mask": torch.tensor(mask_total), "iou": torch.tensor(iou_total)}
-
-
-def _dataset(source: Source, model: Sam, config: LoopConfig) -> PromptDataset:
-    return PromptDataset(source, model.image_size, config.max_instances, config.seed,
-                         model.spec.pixel_mean, model.spec.pixel_std, config.min_area)
+            prompts = add_correction(prompts, present, student_mask, teacher_mask, valid[:, 0] > 0.5, size,
+                                     generator, it == 0)
+    return losses.result()
 
 
 def distill_encoder(
@@ -169,15 +147,13 @@ def distill_encoder(
     folder, resuming and summary as :func:`~unisam.train.supervised.run_loop`."""
     _check_pair(teacher, student)
     _freeze(teacher)
-    dataset = _dataset(source, student, config)
 
-    def loss_fn(step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return encoder_distill_loss(teacher, student, make_batch(dataset, step, config.batch_images))
+    def batch_loss(batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return encoder_distill_loss(teacher, student, batch)
 
     params = list(student.image_encoder.parameters())
-    return run_loop(student, params, loss_fn, config, out_dir, validate=validation_fn(student, val_source, config),
-                    train_modules=[student.image_encoder], images_per_step=config.batch_images, resume=resume,
-                    stop_at=stop_at, progress=progress, desc="distill-encoder")
+    return run_phase(student, params, batch_loss, source, config, out_dir, val_source=val_source, resume=resume,
+                     stop_at=stop_at, progress=progress, desc="distill-encoder", train_modules=[student.image_encoder])
 
 
 def distill_decoder(
@@ -202,12 +178,10 @@ def distill_decoder(
     modules = [student.image_encoder] + ([student.mask_decoder] if config.train_decoder else [])
     for p in student.mask_decoder.parameters():
         p.requires_grad_(config.train_decoder)
-    dataset = _dataset(source, student, config)
 
-    def loss_fn(step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return decoder_distill_loss(teacher, student, make_batch(dataset, step, config.batch_images), config, generator)
+    def batch_loss(batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return decoder_distill_loss(teacher, student, batch, config, generator)
 
     params = [p for m in modules for p in m.parameters()]
-    return run_loop(student, params, loss_fn, config, out_dir, validate=validation_fn(student, val_source, config),
-                    train_modules=modules, images_per_step=config.batch_images, resume=resume, stop_at=stop_at,
-                    progress=progress, desc="distill-decoder")
+    return run_phase(student, params, batch_loss, source, config, out_dir, val_source=val_source, resume=resume,
+                     stop_at=stop_at, progress=progress, desc="distill-decoder", train_modules=modules)

@@ -88,6 +88,37 @@ def _instances(masks: np.ndarray, max_instances: int, seed: int, index: int) -> 
     return np.sort(rng.permutation(nonempty)[:max_instances])
 
 
+def _refine(runner, state, prompt: Prompts, pred: np.ndarray, gt: torch.Tensor) -> tuple[Prompts, np.ndarray]:
+    """One refinement round: each prompt gets a click at the centre of the largest error region of its
+    prediction ``pred (M, H, W)`` bool against ``gt (M, H, W)`` and is decoded again; a perfect mask
+    gets a padding click and keeps its prediction. Returns the new prompts and predictions."""
+    xy, labels = error_points(torch.from_numpy(pred), gt, "center")
+    todo = labels != PAD
+    prompt = prompt.add(xy, labels)
+    if todo.any():
+        pred = pred.copy()
+        pred[todo.numpy()] = runner.predict(state, prompt.subset(todo))
+    return prompt, pred
+
+
+def _image_ious(runner, state, gt: np.ndarray, prompts: Sequence[str], refine: int) -> dict[str, np.ndarray]:
+    """IoU ``(M,)`` of one image's instances ``gt (M, H, W)`` bool for each prompt type and refinement
+    round, keyed ``"box"``, ``"box+1"``, ..., ``"center"``, ... in that order."""
+    gt_t = torch.from_numpy(np.ascontiguousarray(gt))
+    ious = {}
+    for kind in prompts:
+        if kind == "box":
+            prompt = Prompts.from_boxes(boxes_from_masks(gt_t))
+        else:
+            prompt = Prompts.from_points(center_points(gt_t))
+        pred = runner.predict(state, prompt)
+        ious[kind] = _iou(pred, gt)
+        for r in range(1, refine + 1):
+            prompt, pred = _refine(runner, state, prompt, pred, gt_t)
+            ious[f"{kind}+{r}"] = _iou(pred, gt)
+    return ious
+
+
 def evaluate(
     model,
     source: Source,
@@ -124,27 +155,10 @@ def evaluate(
             chosen = _instances(item.masks, max_instances, seed, index)
             if not len(chosen):
                 continue
-            gt = item.masks[chosen]
-            gt_t = torch.from_numpy(np.ascontiguousarray(gt))
             count += len(chosen)
             state = runner.embed(item.image)
-            for kind in prompts:
-                if kind == "box":
-                    prompt = Prompts.from_boxes(boxes_from_masks(gt_t))
-                else:
-                    prompt = Prompts.from_points(center_points(gt_t))
-                pred = runner.predict(state, prompt)
-                ious.setdefault(kind, []).append(_iou(pred, gt))
-                for r in range(1, refine + 1):
-                    xy, labels = error_points(torch.from_numpy(pred), gt_t, "center")
-                    todo = labels != PAD  # a perfect mask needs no click and keeps its prediction
-                    prompt = prompt.add(xy, labels)
-                    if todo.any():
-                        sub = Prompts(prompt.points[todo], prompt.labels[todo],
-                                      None if prompt.boxes is None else prompt.boxes[todo])
-                        pred = pred.copy()
-                        pred[todo.numpy()] = runner.predict(state, sub)
-                    ious.setdefault(f"{kind}+{r}", []).append(_iou(pred, gt))
+            for key, values in _image_ious(runner, state, item.masks[chosen], prompts, refine).items():
+                ious.setdefault(key, []).append(values)
     if was_training:
         model.train()
     result = {k: float(np.concatenate(v).mean()) for k, v in ious.items()}

@@ -183,6 +183,10 @@ class Prompts:
         return Prompts(torch.cat([self.points, other.points.to(self.points)]),
                        torch.cat([self.labels, other.labels.to(self.labels)]), boxes)
 
+    def subset(self, rows: torch.Tensor) -> Prompts:
+        """The prompts of ``rows`` (a ``(B,)`` bool mask or an index tensor)."""
+        return Prompts(self.points[rows], self.labels[rows], None if self.boxes is None else self.boxes[rows])
+
     def add(self, xy: torch.Tensor, labels: torch.Tensor) -> Prompts:
         """These prompts with one more click each: ``xy (B, 2)``, ``labels (B,)``."""
         return Prompts(

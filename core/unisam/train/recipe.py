@@ -23,12 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..registry import ArchSpec
+
+if TYPE_CHECKING:
+    from ..models import Sam
+    from .data import CocoSource, SyntheticSource
 
 # RepViT block tables (rows: kernel, expansion, channels, SE, HS, stride), four stages of stride
 # 4 / 8 / 16 / 32: the teacher is RepViT-M1 at half width with 2/2/6/2 blocks, the student a quarter
@@ -115,19 +120,157 @@ def _resized(model, image_size: int):
     return out
 
 
+@dataclass
+class _Run:
+    """What every phase of one recipe run shares: its folder, plan, seed and settings, the held-out
+    set ``val`` and the wall time of each finished phase (``timings``, s)."""
+
+    out: Path
+    plan: Plan
+    seed: int
+    threads: int
+    progress: bool
+    val: CocoSource | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    clock: float = field(default_factory=time.perf_counter)
+
+    def lap(self, name: str) -> None:
+        """Record the time since the previous lap as phase ``name``."""
+        self.timings[name] = round(time.perf_counter() - self.clock, 1)
+        self.clock = time.perf_counter()
+        print(f"[recipe] {name}: {self.timings[name]:.0f} s", flush=True)
+
+    def stream(self, steps: int, offset: int) -> SyntheticSource:
+        """A fresh stream of training images for ``steps`` steps (every image is seen once)."""
+        from .data import SyntheticSource
+
+        return SyntheticSource(steps * self.plan.batch_images, FRAME_SIZES, self.seed + offset)
+
+    @property
+    def common(self) -> dict:
+        """Loop settings of every phase."""
+        plan = self.plan
+        return {"batch_images": plan.batch_images, "max_instances": plan.max_instances, "seed": self.seed,
+                "eval_images": min(16, plan.val_images), "checkpoint_every": 50}
+
+    @property
+    def run_kw(self) -> dict:
+        """Keyword arguments of every training call."""
+        return {"val_source": self.val, "resume": True, "progress": self.progress}
+
+
+def _validation_set(run: _Run) -> CocoSource:
+    """The held-out set: written once to ``data/val`` (COCO layout), then read back as a CocoSource."""
+    from ..data.synthetic import write_coco
+    from .data import CocoSource, SyntheticSource
+
+    val_dir = run.out / "data" / "val"
+    if not (val_dir / "annotations.json").exists():
+        val_gen = SyntheticSource(run.plan.val_images, FRAME_SIZES, run.seed + 1000)
+        write_coco((val_gen.sample(i) for i in range(run.plan.val_images)), val_dir)
+    return CocoSource(val_dir / "annotations.json", val_dir)
+
+
+def _train_teacher(run: _Run, teacher_spec: ArchSpec) -> Sam:
+    """Teacher from scratch: warm-up on simple scenes at input 128, synthetic scenes at 128, then at
+    the spec's input size."""
+    from ..models import build_sam
+    from .data import SimpleScenes
+    from .supervised import SupervisedConfig, init_from_scratch, train_supervised
+
+    plan, seed = run.plan, run.seed
+    torch.manual_seed(seed)
+    teacher = init_from_scratch(build_sam(replace(teacher_spec, image_size=128)))
+    for name, steps, data, size, lr in (
+        ("teacher-warmup", plan.warmup_steps, SimpleScenes(plan.warmup_steps * plan.batch_images, (128, 128), seed),
+         128, plan.teacher_lr),
+        ("teacher-128", plan.teacher_low_steps, run.stream(plan.teacher_low_steps, 1), 128, plan.teacher_lr),
+        ("teacher", plan.teacher_steps, run.stream(plan.teacher_steps, 2), teacher_spec.image_size, plan.teacher_lr / 2),
+    ):
+        if teacher.image_size != size:
+            teacher = _resized(teacher, size)
+        config = SupervisedConfig(steps=steps, lr=lr, decode_iters=2, warmup_steps=min(20, steps // 4),
+                                  eval_every=max(steps // 4, 1), box_prob=plan.box_prob, box_noise=plan.box_noise,
+                                  **run.common)
+        if name != "teacher-warmup":  # the warm-up only has to get the decoder to localise prompts
+            config = replace(config, background_rate=plan.background_rate, loss_upscale=plan.loss_upscale,
+                             loose_box_rate=plan.loose_box_rate)
+        train_supervised(teacher, data, run.out / name, config, **run.run_kw)
+        run.lap(name)
+    return teacher
+
+
+def _distill_student(run: _Run, teacher: Sam) -> Sam:
+    """Student: phase 1 (encoder only, kept in ``student-phase1``), then phase 2 (prompt in the loop)."""
+    from .distill import DecoderDistillConfig, EncoderDistillConfig, distill_decoder, distill_encoder, make_student
+    from .supervised import load_trained
+
+    plan, out = run.plan, run.out
+    torch.manual_seed(run.seed + 1)
+    student = make_student(teacher, STUDENT.encoder, STUDENT.encoder_kwargs)
+    config = EncoderDistillConfig(steps=plan.phase1_steps, lr=plan.phase1_lr,
+                                  warmup_steps=min(30, plan.phase1_steps // 4), **run.common)
+    distill_encoder(teacher, student, run.stream(plan.phase1_steps, 3), out / "student-phase1",
+                    replace(config, eval_every=max(plan.phase1_steps // 2, 1)), **run.run_kw)
+    run.lap("phase 1")
+    student = load_trained(out / "student-phase1")
+    config = DecoderDistillConfig(steps=plan.phase2_steps, lr=plan.phase2_lr, background_rate=plan.background_rate,
+                                  loose_box_rate=plan.loose_box_rate, warmup_steps=min(10, plan.phase2_steps // 4),
+                                  **run.common)
+    distill_decoder(teacher, student, run.stream(plan.phase2_steps, 4), out / "student",
+                    replace(config, eval_every=max(plan.phase2_steps // 2, 1)), **run.run_kw)
+    run.lap("phase 2")
+    return student
+
+
+def _export_and_evaluate(run: _Run) -> tuple[dict, dict, dict]:
+    """Export teacher and both students to ONNX and score them through the runtime on the held-out
+    set. Returns mIoU results, latency (ms) and encoder parameter counts, each keyed by model label."""
+    from ..api import load_model
+    from ..models import export_onnx
+    from .evaluate import evaluate, measure_latency
+    from .supervised import load_trained
+
+    # (label, trained folder = export folder, timed)
+    models = [("teacher", "teacher", True), ("student (encoder KD only)", "student-phase1", False),
+              ("student (+ prompt-in-the-loop KD)", "student", True)]
+    results, latency, params = {}, {}, {}
+    for label, folder, timed in models:
+        model = load_trained(run.out / folder)
+        export_dir = run.out / "export" / folder
+        export_onnx(model, export_dir)
+        predictor = load_model(weights=export_dir, threads=run.threads)
+        results[label] = evaluate(predictor, run.val, refine=2, max_instances=run.plan.eval_instances, seed=run.seed,
+                                  progress=run.progress)
+        if timed:  # a fresh predictor: its embedding cache is empty
+            latency[label] = measure_latency(load_model(weights=export_dir, threads=run.threads), run.val)
+            params[label] = sum(p.numel() for p in model.image_encoder.parameters())
+    run.lap("export + evaluation")
+    return results, latency, params
+
+
+def _write_results(run: _Run, summary: dict, results: dict, latency: dict) -> None:
+    """``results.json`` (``summary``) and ``results.md`` (mIoU table, latency, phase times); prints both."""
+    from .evaluate import format_table
+
+    table = format_table(results, "model (held-out synthetic, mIoU %)")
+    lat = "\n".join(f"- {name}: encoder {v['encoder_ms']:.1f} ms / image, decoder {v['decoder_ms']:.2f} ms / prompt"
+                    for name, v in latency.items())
+    (run.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    n = next(iter(results.values()))
+    (run.out / "results.md").write_text(
+        f"{table}\n\n{n['instances']} instances in {n['images']} held-out images; ONNX runtime, {run.threads} "
+        f"threads.\n\nLatency (median):\n{lat}\n\nPhase wall times (s): {json.dumps(run.timings)}\n"
+    )
+    print(table)
+    print(lat)
+
+
 def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, threads: int = 2,
                progress: bool = True, plan: str = "shipped") -> dict:
     """Run the whole recipe (``plan``: a name of :data:`PLANS`) into ``out_dir`` (resumable: finished
     phases are skipped, an interrupted one continues from its checkpoint). Returns the results
     written to ``results.json``."""
-    from ..data.synthetic import write_coco
-    from ..api import load_model
-    from ..models import build_sam, export_onnx
-    from .data import CocoSource, SimpleScenes, SyntheticSource
-    from .distill import DecoderDistillConfig, EncoderDistillConfig, distill_decoder, distill_encoder, make_student
-    from .evaluate import evaluate, format_table, measure_latency
-    from .supervised import SupervisedConfig, init_from_scratch, load_trained, train_supervised
-
     if budget_scale <= 0:
         raise ValueError(f"budget_scale must be positive, got {budget_scale}")
     if plan not in PLANS:
@@ -135,102 +278,22 @@ def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, th
     torch.set_num_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan_name, plan = plan, PLANS[plan].scaled(budget_scale)
-    teacher_spec = replace(TEACHER, hires_chans=plan.hires_chans)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    plan_name = plan
+    run = _Run(out, PLANS[plan].scaled(budget_scale), seed, threads, progress)
+    teacher_spec = replace(TEACHER, hires_chans=run.plan.hires_chans)
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        timings[name] = round(time.perf_counter() - clock, 1)
-        clock = time.perf_counter()
-        print(f"[recipe] {name}: {timings[name]:.0f} s", flush=True)
-
-    # 1. data: the held-out validation set on disk; training images are generated from the seed,
-    # a fresh stream per phase (every image is seen once)
-    val_dir = out / "data" / "val"
-    if not (val_dir / "annotations.json").exists():
-        val_gen = SyntheticSource(plan.val_images, FRAME_SIZES, seed + 1000)
-        write_coco((val_gen.sample(i) for i in range(plan.val_images)), val_dir)
-    val = CocoSource(val_dir / "annotations.json", val_dir)
-
-    def stream(steps: int, offset: int) -> SyntheticSource:
-        return SyntheticSource(steps * plan.batch_images, FRAME_SIZES, seed + offset)
-
-    lap("data")
-    common = {"batch_images": plan.batch_images, "max_instances": plan.max_instances, "seed": seed,
-              "eval_images": min(16, plan.val_images), "checkpoint_every": 50}
-    kw = {"val_source": val, "resume": True, "progress": progress}
-
-    # 2. teacher, from scratch: warm-up on simple scenes at input 128, synthetic scenes at 128, then at 256
-    torch.manual_seed(seed)
-    teacher = init_from_scratch(build_sam(replace(teacher_spec, image_size=128)))
-    for name, steps, data, size, lr in (
-        ("teacher-warmup", plan.warmup_steps, SimpleScenes(plan.warmup_steps * plan.batch_images, (128, 128), seed),
-         128, plan.teacher_lr),
-        ("teacher-128", plan.teacher_low_steps, stream(plan.teacher_low_steps, 1), 128, plan.teacher_lr),
-        ("teacher", plan.teacher_steps, stream(plan.teacher_steps, 2), teacher_spec.image_size, plan.teacher_lr / 2),
-    ):
-        if teacher.image_size != size:
-            teacher = _resized(teacher, size)
-        config = SupervisedConfig(steps=steps, lr=lr, decode_iters=2, warmup_steps=min(20, steps // 4),
-                                  eval_every=max(steps // 4, 1), box_prob=plan.box_prob, box_noise=plan.box_noise,
-                                  **common)
-        if name != "teacher-warmup":  # the warm-up only has to get the decoder to localise prompts
-            config = replace(config, background_rate=plan.background_rate, loss_upscale=plan.loss_upscale,
-                             loose_box_rate=plan.loose_box_rate)
-        train_supervised(teacher, data, out / name, config, **kw)
-        lap(name)
-
-    # 3. student: phase 1 (encoder only), then phase 2 (prompt in the loop)
-    torch.manual_seed(seed + 1)
-    student = make_student(teacher, STUDENT.encoder, STUDENT.encoder_kwargs)
-    config = EncoderDistillConfig(steps=plan.phase1_steps, lr=plan.phase1_lr,
-                                  warmup_steps=min(30, plan.phase1_steps // 4), **common)
-    distill_encoder(teacher, student, stream(plan.phase1_steps, 3), out / "student-phase1",
-                    replace(config, eval_every=max(plan.phase1_steps // 2, 1)), **kw)
-    lap("phase 1")
-    student = load_trained(out / "student-phase1")
-    config = DecoderDistillConfig(steps=plan.phase2_steps, lr=plan.phase2_lr, background_rate=plan.background_rate,
-                                  loose_box_rate=plan.loose_box_rate, warmup_steps=min(10, plan.phase2_steps // 4),
-                                  **common)
-    distill_decoder(teacher, student, stream(plan.phase2_steps, 4), out / "student",
-                    replace(config, eval_every=max(plan.phase2_steps // 2, 1)), **kw)
-    lap("phase 2")
-
-    # 4. export, evaluate through the runtime, time (label, trained folder = export folder, timed)
-    models = [("teacher", "teacher", True), ("student (encoder KD only)", "student-phase1", False),
-              ("student (+ prompt-in-the-loop KD)", "student", True)]
-    results, latency, params = {}, {}, {}
-    for label, folder, timed in models:
-        model = load_trained(out / folder)
-        export_dir = out / "export" / folder
-        export_onnx(model, export_dir)
-        predictor = load_model(weights=export_dir, threads=threads)
-        results[label] = evaluate(predictor, val, refine=2, max_instances=plan.eval_instances, seed=seed,
-                                  progress=progress)
-        if timed:  # a fresh predictor: its embedding cache is empty
-            latency[label] = measure_latency(load_model(weights=export_dir, threads=threads), val)
-            params[label] = sum(p.numel() for p in model.image_encoder.parameters())
-    lap("export + evaluation")
-
-    table = format_table(results, "model (held-out synthetic, mIoU %)")
-    lat = "\n".join(f"- {name}: encoder {v['encoder_ms']:.1f} ms / image, decoder {v['decoder_ms']:.2f} ms / prompt"
-                    for name, v in latency.items())
+    run.val = _validation_set(run)  # training images are generated from the seed, a fresh stream per phase
+    run.lap("data")
+    teacher = _train_teacher(run, teacher_spec)
+    student = _distill_student(run, teacher)
+    results, latency, params = _export_and_evaluate(run)
     summary = {
-        "seed": seed, "budget_scale": budget_scale, "threads": threads, "plan_name": plan_name, "plan": asdict(plan),
-        "teacher_arch": teacher_spec.to_dict(), "student_arch": student.spec.to_dict(),
-        "encoder_params": params, "miou": results, "latency_ms": latency, "seconds": timings,
+        "seed": seed, "budget_scale": budget_scale, "threads": threads, "plan_name": plan_name,
+        "plan": asdict(run.plan), "teacher_arch": teacher_spec.to_dict(), "student_arch": student.spec.to_dict(),
+        "encoder_params": params, "miou": results, "latency_ms": latency, "seconds": run.timings,
         "shipped_model": str(out / "export" / "student"),
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    n = next(iter(results.values()))
-    (out / "results.md").write_text(
-        f"{table}\n\n{n['instances']} instances in {n['images']} held-out images; ONNX runtime, {threads} threads.\n\n"
-        f"Latency (median):\n{lat}\n\nPhase wall times (s): {json.dumps(timings)}\n"
-    )
-    print(table)
-    print(lat)
+    _write_results(run, summary, results, latency)
     return summary
 
 

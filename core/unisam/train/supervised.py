@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -239,6 +240,71 @@ def grid_to_input(xy: torch.Tensor, grid: int, image_size: int) -> torch.Tensor:
     return (xy + 0.5) * scale - 0.5
 
 
+class PromptingConfig(Protocol):
+    """The start-prompt settings that :class:`SupervisedConfig` and the phase-2 distillation config share."""
+
+    box_prob: float
+    box_noise: float
+    background_rate: float
+    loose_box_rate: float
+
+
+def start_step(
+    batch: Batch, config: PromptingConfig, generator: torch.Generator
+) -> tuple[bool, Batch, Prompts, torch.Tensor]:
+    """A step's start: boxes with chance ``config.box_prob`` (else points), then :func:`start_prompts`.
+    Returns ``use_box`` and the batch, prompts and ``present (M,)`` of :func:`start_prompts`."""
+    use_box = bool(torch.rand((), generator=generator) < config.box_prob)
+    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator,
+                                            config.loose_box_rate)
+    return use_box, batch, prompts, present
+
+
+def add_correction(
+    prompts: Prompts, present: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+    image_size: int, generator: torch.Generator, first_round: bool,
+) -> Prompts:
+    """``prompts`` with one more click each, drawn uniformly where ``pred`` and ``target`` (M, g, g) bool
+    disagree inside ``valid`` (M, g, g) bool (:func:`~unisam.train.prompting.error_points`), moved from
+    the g-square grid to the ``image_size`` input frame; background rows as :func:`background_clicks`."""
+    grid = pred.shape[-1]
+    xy, labels = error_points(pred, target, "uniform", generator, valid)
+    xy, labels = background_clicks(prompts, present, grid_to_input(xy, grid, image_size), labels, first_round)
+    return prompts.add(xy, labels)
+
+
+class RoundLosses:
+    """A step's losses summed over its ``rounds`` decode rounds, each weighted ``1 / rounds``:
+    ``loss`` (mask + ``iou_weight`` x IoU, differentiable) and the detached ``mask`` and ``iou`` parts."""
+
+    def __init__(self, rounds: int, iou_weight: float):
+        self.rounds, self.iou_weight = rounds, iou_weight
+        self.total = self.mask = self.iou = 0.0
+
+    def add(self, l_mask: torch.Tensor, l_iou: torch.Tensor) -> None:
+        self.total = self.total + (l_mask + self.iou_weight * l_iou) / self.rounds
+        self.mask += float(l_mask.detach()) / self.rounds
+        self.iou += float(l_iou.detach()) / self.rounds
+
+    def result(self) -> dict[str, torch.Tensor]:
+        return {"loss": self.total, "mask": torch.tensor(self.mask), "iou": torch.tensor(self.iou)}
+
+    @staticmethod
+    def zero(emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The losses of a batch without instances: 0, still attached to the graph of ``emb``."""
+        zero = emb.sum() * 0
+        return {"loss": zero, "mask": zero.detach(), "iou": zero.detach()}
+
+
+def _loss_grid(batch: Batch, pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground-truth coverage ``targets (M, 1, g, g)`` and ``valid (M, 1, g, g)`` (inside the image) of
+    each instance on the grid of ``pool`` x ``pool`` px cells (g = S / pool), as float fractions."""
+    idx = batch.image_index
+    if pool <= 1:
+        return batch.masks[:, None].float(), batch.valid[idx][:, None].float()
+    return F.avg_pool2d(batch.masks[:, None].float(), pool), F.avg_pool2d(batch.valid[:, None].float(), pool)[idx]
+
+
 def supervised_loss(
     model: Sam, batch: Batch, config: SupervisedConfig, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
@@ -254,23 +320,18 @@ def supervised_loss(
     """
     emb = model.embed_image(batch.images)
     if not len(batch.masks):
-        zero = emb.sum() * 0
-        return {"loss": zero, "mask": zero.detach(), "iou": zero.detach()}
+        return RoundLosses.zero(emb)
     s = model.image_size
     grid = model.spec.low_res_size * config.loss_upscale
-    use_box = bool(torch.rand((), generator=generator) < config.box_prob)
-    batch, prompts, present = start_prompts(batch, use_box, config.box_noise, config.background_rate, generator,
-                                            config.loose_box_rate)
+    use_box, batch, prompts, present = start_step(batch, config, generator)
     idx = batch.image_index
-    pool = s // grid
-    targets = F.avg_pool2d(batch.masks[:, None].float(), pool) if pool > 1 else batch.masks[:, None].float()
-    valid = F.avg_pool2d(batch.valid[:, None].float(), pool)[idx] if pool > 1 else batch.valid[idx][:, None].float()
+    targets, valid = _loss_grid(batch, s // grid)
     mask_in = None
 
     def upscale(x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, (grid, grid), mode="bilinear", align_corners=False) if grid != x.shape[-1] else x
 
-    total = mask_total = iou_total = 0.0
+    losses = RoundLosses(config.decode_iters, config.iou_weight)
     for it in range(config.decode_iters):
         coords, labels = prompts.tokens()
         low, iou = model.forward_decoder(emb, coords, labels, mask_in, num_outputs=4, image_index=idx)
@@ -283,19 +344,15 @@ def supervised_loss(
             choice = torch.zeros(len(logits), dtype=torch.long)
         # gradients flow through the chosen output only, so only it is upscaled with autograd
         chosen = upscale(_pick(low, choice)[:, None])
-        l_mask = mask_loss(chosen, targets, valid, config.dice_weight, config.bce_weight).mean()
-        l_iou = iou_prediction_loss(iou, logits, targets, valid, present)
-        total = total + (l_mask + config.iou_weight * l_iou) / config.decode_iters
-        mask_total += float(l_mask.detach()) / config.decode_iters
-        iou_total += float(l_iou.detach()) / config.decode_iters
+        losses.add(mask_loss(chosen, targets, valid, config.dice_weight, config.bce_weight).mean(),
+                   iou_prediction_loss(iou, logits, targets, valid, present))
         if it + 1 < config.decode_iters:
             pred = _pick(logits.detach(), choice) > 0
-            xy, lab = error_points(pred, targets[:, 0] > 0.5, "uniform", generator, valid[:, 0] > 0.5)
-            xy, lab = background_clicks(prompts, present, grid_to_input(xy, grid, s), lab, it == 0)
-            prompts = prompts.add(xy, lab)
+            prompts = add_correction(prompts, present, pred, targets[:, 0] > 0.5, valid[:, 0] > 0.5, s, generator,
+                                     it == 0)
             feed = bool(torch.rand((), generator=generator) < config.mask_input_prob)
             mask_in = _pick(low.detach(), choice)[:, None] if feed else None
-    return {"loss": total, "mask": torch.tensor(mask_total), "iou": torch.tensor(iou_total)}
+    return losses.result()
 
 
 def init_from_scratch(model: Sam, gain: float = 2.0) -> Sam:
@@ -372,6 +429,107 @@ def _restart_log(path: Path, upto: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
+def _append(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save_checkpoint(path: Path, model: Sam, optimizer: torch.optim.Optimizer, step: int, config: LoopConfig) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng": {"torch": torch.get_rng_state()},
+        "config": asdict(config),
+    }
+    _write_atomic(path, state)
+
+
+def _load_checkpoint(path: Path, model: Sam, optimizer: torch.optim.Optimizer) -> int:
+    """Restore model, optimizer and torch RNG from a checkpoint; returns its step."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return int(state["step"])
+
+
+def _validate(validate: Callable[[], dict[str, float]] | None, modules: list[nn.Module], log_path: Path,
+              step: int) -> dict[str, float]:
+    """``validate()`` (``{}`` when None) in eval mode without gradients, the modules' modes restored
+    after; logged as a ``"val"`` record of ``step``."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    with torch.no_grad():
+        result = validate() if validate else {}
+    for m, mode in zip(modules, modes):
+        m.train(mode)
+    _append(log_path, {"step": step, "kind": "val", **result})
+    return result
+
+
+class _TrainLog:
+    """``"train"`` records of log.jsonl: the mean of each loss over the steps since the last record,
+    the learning rate, seconds per step and (given ``images_per_step``) images per second."""
+
+    def __init__(self, path: Path, images_per_step: int | None):
+        self.path, self.images_per_step = path, images_per_step
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.start = time.perf_counter()
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
+        self.count += 1
+
+    def write(self, step: int, lr: float) -> dict:
+        elapsed = time.perf_counter() - self.start
+        record = {"step": step, "kind": "train", "lr": lr, **{k: v / self.count for k, v in self.sums.items()}}
+        record["s_per_step"] = elapsed / self.count
+        if self.images_per_step:
+            record["images_per_s"] = self.images_per_step * self.count / elapsed
+        _append(self.path, record)
+        self._reset()
+        return record
+
+
+def _optimizer_step(
+    params: list[nn.Parameter], optimizer: torch.optim.Optimizer, loss_fn: Callable, config: LoopConfig, step: int,
+    train_modules: list[nn.Module],
+) -> tuple[dict[str, torch.Tensor], float]:
+    """One update: train mode, the step's learning rate, ``loss_fn(step, generator)``, backward, gradient
+    clipping, optimizer step. Returns the losses and the learning rate."""
+    for m in train_modules:
+        m.train()
+    lr = lr_at(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    losses = loss_fn(step, step_generator(config.seed, step))
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    if config.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
+    optimizer.step()
+    return losses, lr
+
+
+def _finish(model: Sam, train_modules: list[nn.Module], out: Path, config: LoopConfig, started: float,
+            val: dict[str, float]) -> dict:
+    """Eval mode, the trained model and ``summary.json`` written into ``out`` (``started``: the
+    ``time.perf_counter()`` of the first step); returns the summary."""
+    for m in train_modules:
+        m.eval()
+    save_trained(model, out)
+    summary = {"step": config.steps, "finished": True, "seconds": time.perf_counter() - started, "val": val}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def run_loop(
     model: Sam,
     params: list[nn.Parameter],
@@ -408,85 +566,32 @@ def run_loop(
     if ckpt_path.exists():
         if not resume:
             raise ValueError(f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or use a new folder")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start = int(state["step"])
+        start = _load_checkpoint(ckpt_path, model, optimizer)
         if start >= config.steps and (out / SUMMARY).exists():
             return json.loads((out / SUMMARY).read_text())
     _restart_log(log_path, start)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
 
-    def save(step: int) -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "rng": {"torch": torch.get_rng_state()},
-            "config": asdict(config),
-        }
-        _write_atomic(ckpt_path, state)
-
-    def run_validation(step: int) -> dict[str, float]:
-        modes = [m.training for m in train_modules]
-        for m in train_modules:
-            m.eval()
-        with torch.no_grad():
-            result = validate() if validate else {}
-        for m, mode in zip(train_modules, modes):
-            m.train(mode)
-        with log_path.open("a") as f:
-            f.write(json.dumps({"step": step, "kind": "val", **result}) + "\n")
-        return result
-
-    sums: dict[str, float] = {}
-    count = 0
-    window_start = time.perf_counter()
+    log = _TrainLog(log_path, images_per_step)
     started = time.perf_counter()
     val: dict[str, float] = {}
     bar = tqdm(range(start, end), desc=desc, initial=start, total=config.steps, disable=not progress, leave=False)
     for step in bar:
-        for m in train_modules:
-            m.train()
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        losses = loss_fn(step, step_generator(config.seed, step))
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if config.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.clip_grad)
-        optimizer.step()
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        count += 1
+        losses, lr = _optimizer_step(params, optimizer, loss_fn, config, step, train_modules)
+        log.add(losses)
         done = step + 1
         if done % config.log_every == 0 or done == end:
-            elapsed = time.perf_counter() - window_start
-            record = {"step": done, "kind": "train", "lr": lr, **{k: v / count for k, v in sums.items()}}
-            record["s_per_step"] = elapsed / count
-            if images_per_step:
-                record["images_per_s"] = images_per_step * count / elapsed
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            sums, count, window_start = {}, 0, time.perf_counter()
+            bar.set_postfix(loss=f"{log.write(done, lr)['loss']:.4f}")
         if config.eval_every and done % config.eval_every == 0 and done < config.steps:
-            val = run_validation(done)
+            val = _validate(validate, train_modules, log_path, done)
         if done % config.checkpoint_every == 0 or done == end:
-            save(done)
+            _save_checkpoint(ckpt_path, model, optimizer, done, config)
     bar.close()
     if end < config.steps:
         return {"step": end, "finished": False}
     if validate is not None:
-        val = run_validation(config.steps)
-    for m in train_modules:
-        m.eval()
-    save_trained(model, out)
-    summary = {"step": config.steps, "finished": True, "seconds": time.perf_counter() - started, "val": val}
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+        val = _validate(validate, train_modules, log_path, config.steps)
+    return _finish(model, train_modules, out, config, started, val)
 
 
 def validation_fn(model: Sam, source: Source | None, config: LoopConfig) -> Callable[[], dict[str, float]] | None:
@@ -501,6 +606,41 @@ def validation_fn(model: Sam, source: Source | None, config: LoopConfig) -> Call
         return {k: result[k] for k in ("box", "center")}
 
     return validate
+
+
+def prompt_dataset(source: Source, model: Sam, config: LoopConfig) -> PromptDataset:
+    """``source`` prepared for ``model``'s input size and normalisation, with ``config``'s instance
+    sampling (``max_instances``, ``seed``, ``min_area``)."""
+    return PromptDataset(source, model.image_size, config.max_instances, config.seed,
+                         model.spec.pixel_mean, model.spec.pixel_std, config.min_area)
+
+
+def run_phase(
+    model: Sam,
+    params: list[nn.Parameter],
+    batch_loss: Callable[[Batch, torch.Generator], dict[str, torch.Tensor]],
+    source: Source,
+    config: LoopConfig,
+    out_dir: str | Path,
+    *,
+    val_source: Source | None,
+    resume: bool,
+    stop_at: int | None,
+    progress: bool,
+    desc: str,
+    train_modules: list[nn.Module] | None = None,
+) -> dict:
+    """:func:`run_loop` on batches of ``source`` (:func:`prompt_dataset` for ``model``): step s
+    minimises ``batch_loss(make_batch(dataset, s, config.batch_images), generator)``; validation
+    (:func:`validation_fn`) on ``val_source``."""
+    dataset = prompt_dataset(source, model, config)
+
+    def loss_fn(step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return batch_loss(make_batch(dataset, step, config.batch_images), generator)
+
+    return run_loop(model, params, loss_fn, config, out_dir, validate=validation_fn(model, val_source, config),
+                    train_modules=train_modules, images_per_step=config.batch_images, resume=resume,
+                    stop_at=stop_at, progress=progress, desc=desc)
 
 
 def train_supervised(
@@ -518,13 +658,10 @@ def train_supervised(
     :func:`run_loop` for the output folder, resuming and the returned summary."""
     if config.loss_upscale not in (1, 2, 4):
         raise ValueError(f"loss_upscale must be 1, 2 or 4, got {config.loss_upscale}")
-    dataset = PromptDataset(source, model.image_size, config.max_instances, config.seed,
-                            model.spec.pixel_mean, model.spec.pixel_std, config.min_area)
 
-    def loss_fn(step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return supervised_loss(model, make_batch(dataset, step, config.batch_images), config, generator)
+    def batch_loss(batch: Batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return supervised_loss(model, batch, config, generator)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    return run_loop(model, params, loss_fn, config, out_dir, validate=validation_fn(model, val_source, config),
-                    images_per_step=config.batch_images, resume=resume, stop_at=stop_at, progress=progress,
-                    desc="supervised")
+    return run_phase(model, params, batch_loss, source, config, out_dir, val_source=val_source, resume=resume,
+                     stop_at=stop_at, progress=progress, desc="supervised")
