@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from unisam.instances import masks_to_boxes
+from unisam.masks import masks_to_boxes
 from unisam.models import build_sam
 from unisam.registry import ArchSpec
 from unisam.train.data import CocoSource, Item, PromptDataset, SA1BSource, SyntheticSource
@@ -224,8 +224,8 @@ def test_boxes_from_masks_have_coco_extent():
     for m in masks:
         y, x = rng.integers(0, 25), rng.integers(0, 35)
         m[y:y + rng.integers(1, 6), x:x + rng.integers(1, 6)] = True
-    inclusive = masks_to_boxes(masks)
-    np.testing.assert_array_equal(boxes_from_masks(torch.from_numpy(masks)).numpy(), inclusive + [0, 0, 1, 1])
+    edges = masks_to_boxes(masks)  # unisam's pixel-edge boxes: x2 = last column + 1, as COCO's extent
+    np.testing.assert_array_equal(boxes_from_masks(torch.from_numpy(masks)).numpy(), edges)
 
 
 def test_loose_boxes_contain_the_tight_box_and_stay_in_the_frame():
