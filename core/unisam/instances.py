@@ -1,47 +1,26 @@
-"""``Instances``: the one result type of unisam — N instance masks of one image with boxes and scores.
+"""``Instances``: the one result type of unisam: N instance masks of one image with boxes, scores and,
+where a function fills them, class names with their confidences and object (track) ids.
 
-Box convention (SAM's, as in its automatic mask generator and ``torchvision.ops.masks_to_boxes``):
-``(x1, y1, x2, y2)`` are the pixel indices of the mask's leftmost column, top row, rightmost column
-and bottom row, all *inclusive*; a one-pixel mask at column 5, row 7 has box ``(5, 7, 5, 7)``, so the
-box covers ``x2 - x1 + 1`` columns. An empty mask has box ``(0, 0, 0, 0)``.
+Boxes follow unisam's one convention (see :mod:`unisam.masks`): pixel-edge ``(x1, y1, x2, y2)``, so a
+mask covering columns ``a..b`` has ``x1 = a, x2 = b + 1`` and ``x2 - x1`` is its width in pixels.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """``(N, H, W)`` bool -> ``(N, 4)`` float32 inclusive ``(x1, y1, x2, y2)``; empty masks give zeros."""
-    masks = np.asarray(masks, dtype=bool)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must have shape (N, H, W), got {masks.shape}")
-    boxes = np.zeros((masks.shape[0], 4), dtype=np.float32)
-    if masks.size == 0:
-        return boxes
-    rows = masks.any(axis=2)  # (N, H)
-    cols = masks.any(axis=1)  # (N, W)
-    present = rows.any(axis=1)
-    h, w = masks.shape[1:]
-    boxes[:, 0] = cols.argmax(axis=1)
-    boxes[:, 1] = rows.argmax(axis=1)
-    boxes[:, 2] = w - 1 - cols[:, ::-1].argmax(axis=1)
-    boxes[:, 3] = h - 1 - rows[:, ::-1].argmax(axis=1)
-    boxes[~present] = 0.0
-    return boxes
+from .masks import masks_to_boxes, masks_to_rle, rles_to_masks
 
 
 @dataclass
 class Instances:
     """Instance masks of one ``H x W`` image.
 
-    masks: ``(N, H, W)`` bool. boxes: ``(N, 4)`` float32 inclusive pixel ``(x1, y1, x2, y2)`` (see the
+    masks: ``(N, H, W)`` bool. boxes: ``(N, 4)`` float32 pixel-edge ``(x1, y1, x2, y2)`` (see the
     module docstring). scores: ``(N,)`` float32 mask quality (e.g. predicted IoU). labels: N class
     names (None for an unnamed one) or None. label_scores: ``(N,)`` float32 label confidences or None.
     ids: ``(N,)`` int64 instance/track ids or None.
@@ -162,11 +141,7 @@ class Instances:
 
     def to_rle(self) -> list[dict[str, Any]]:
         """COCO compressed RLEs, one per mask: ``{"size": [H, W], "counts": str}`` (JSON-serialisable)."""
-        if not len(self):
-            return []
-        fortran = np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8))
-        rles = mask_utils.encode(fortran)
-        return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+        return masks_to_rle(self.masks)
 
     @classmethod
     def from_rle(
@@ -186,7 +161,7 @@ class Instances:
                 raise ValueError("from_rle of an empty list needs image_size=(H, W)")
             empty = cls.empty(*image_size)
             return cls.from_masks(empty.masks, scores, **optional)
-        masks = np.stack([_decode_rle(r) for r in rles])
+        masks = rles_to_masks(rles)
         if image_size is not None and masks.shape[1:] != tuple(image_size):
             raise ValueError(f"RLE size {masks.shape[1:]} differs from image_size {tuple(image_size)}")
         return cls.from_masks(masks, scores, **optional)
@@ -207,34 +182,15 @@ class Instances:
         return out
 
     def crop_masks_to_boxes(self) -> list[np.ndarray]:
-        """Each mask cropped to its box (rounded, inclusive): ``masks[i][y1:y2+1, x1:x2+1]``, bool.
+        """Each mask cropped to its box (rounded): ``masks[i][y1:y2, x1:x2]``, bool.
 
-        This is FiftyOne's instance-mask layout (the mask covers exactly its bounding box); the box
-        then spans ``x2 - x1 + 1`` by ``y2 - y1 + 1`` pixels. An empty mask gives a 1x1 crop at (0, 0).
+        This is FiftyOne's instance-mask layout (the mask covers exactly its bounding box). An empty
+        mask gives a 1x1 crop at (0, 0).
         """
         h, w = self.image_size
         crops = []
         for mask, box in zip(self.masks, np.rint(self.boxes).astype(np.int64)):
             x1, y1 = np.clip(box[:2], 0, [w - 1, h - 1])
-            x2, y2 = np.clip(box[2:], [x1, y1], [w - 1, h - 1])
-            crops.append(mask[y1 : y2 + 1, x1 : x2 + 1].copy())
+            x2, y2 = np.clip(box[2:], [x1 + 1, y1 + 1], [w, h])
+            crops.append(mask[y1:y2, x1:x2].copy())
         return crops
-
-
-def _decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """One COCO RLE (compressed, counts str/bytes, or uncompressed, counts a list) -> ``(H, W)`` bool."""
-    h, w = (int(s) for s in rle["size"])
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        if sum(counts) != h * w or min(counts, default=0) < 0:
-            raise ValueError(f"RLE counts do not describe a {h}x{w} mask")
-        obj = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    else:
-        obj = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else bytes(counts)}
-    with warnings.catch_warnings():
-        # pycocotools' Cython decode triggers NumPy 2's __array__(copy=...) deprecation warning.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            return mask_utils.decode(obj).astype(bool)
-        except ValueError as exc:
-            raise ValueError(f"RLE counts do not describe a {h}x{w} mask (corrupt or truncated): {exc}") from None

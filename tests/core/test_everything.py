@@ -10,6 +10,7 @@ import unisam.runtime.everything as everything
 from unisam.images import image_digest
 from unisam.runtime.cache import Embedding
 from unisam.runtime.everything import (
+    EverythingParams,
     box_iou,
     build_layer_point_grids,
     build_point_grid,
@@ -110,19 +111,20 @@ def _scene() -> tuple[np.ndarray, list[np.ndarray]]:
 
 
 def _true_box(mask: np.ndarray) -> list[int]:
+    """SAM's inclusive box of a mask (last column and row)."""
     ys, xs = np.nonzero(mask)
     return [xs.min(), ys.min(), xs.max(), ys.max()]
 
 
 def _match(result, truths, scores=None) -> None:
-    """Each true object found exactly once, with its exact mask and inclusive box (and its expected
+    """Each true object found exactly once, with its exact mask and pixel-edge box (and its expected
     score, by default 0.95), and nothing else."""
     assert len(result) == len(truths)
     scores = [0.95] * len(truths) if scores is None else scores
     for truth, score in zip(truths, scores):
         same = [i for i in range(len(result)) if np.array_equal(result.masks[i], truth)]
         assert len(same) == 1
-        np.testing.assert_array_equal(result.boxes[same[0]], _true_box(truth))
+        np.testing.assert_array_equal(result.boxes[same[0]], np.add(_true_box(truth), [0, 0, 1, 1]))  # pixel edges
         assert result.scores[same[0]] == pytest.approx(score)
 
 
@@ -214,6 +216,28 @@ def test_results_sorted_by_score():
 def test_empty_image_gives_empty_instances():
     result = segment_everything(np.zeros((40, 50, 3), np.uint8), ColourPredictor(), points_per_side=4)
     assert len(result) == 0 and result.masks.shape == (0, 40, 50) and result.boxes.shape == (0, 4)
+
+
+def test_options_are_one_dataclass_with_names_types_and_help():
+    params = EverythingParams()
+    assert params.points_per_side == 32 and params.pred_iou_thresh == 0.88  # SAM's defaults
+    assert EverythingParams.names(common_only=True) == [
+        "points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"
+    ]
+    assert all(o.help and o.kind in (int, float) for o in EverythingParams.options())
+    changed = params.replace(points_per_side=np.int64(8), pred_iou_thresh=1)
+    assert changed.points_per_side == 8 and type(changed.points_per_side) is int
+    assert changed.pred_iou_thresh == 1.0 and type(changed.pred_iou_thresh) is float
+    with pytest.raises(ValueError, match="unknown segment-everything options \\['points_per_sid'\\]"):
+        params.replace(points_per_sid=8)
+    with pytest.raises(ValueError, match="whole number"):
+        params.replace(points_per_side=8.5)
+    with pytest.raises(ValueError, match="must be a number"):
+        EverythingParams(pred_iou_thresh="high")
+    image, _ = _scene()
+    via_params = segment_everything(image, ColourPredictor(), EverythingParams(points_per_side=16))
+    via_names = segment_everything(image, ColourPredictor(), points_per_side=16)
+    np.testing.assert_array_equal(via_params.masks, via_names.masks)
 
 
 def test_parameter_validation():

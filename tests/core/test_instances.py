@@ -8,7 +8,7 @@ import torch
 from pycocotools import mask as mask_utils
 from reference import install_reference_stubs
 
-from unisam.instances import Instances, masks_to_boxes
+from unisam import Instances, masks_to_boxes
 
 install_reference_stubs()
 from segment_anything.utils.amg import batched_mask_to_box, coco_encode_rle, mask_to_rle_pytorch  # noqa: E402
@@ -30,18 +30,27 @@ def _instances(**kw) -> Instances:
     return Instances.from_masks(_masks(), np.array([0.9, 0.5, 0.7, 0.1]), **kw)
 
 
-def test_masks_to_boxes_matches_sam_and_known_values():
+def _coco_boxes(masks: np.ndarray) -> np.ndarray:
+    """pycocotools' bbox ``[x, y, w, h]`` of each mask as ``x1, y1, x1 + w, y1 + h`` (pixel edges)."""
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    xywh = mask_utils.toBbox(rles).reshape(-1, 4)
+    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+
+
+def test_masks_to_boxes_are_pixel_edges_as_coco_and_sam_plus_one():
     masks = _masks()
     ours = masks_to_boxes(masks)
-    ref = batched_mask_to_box(torch.as_tensor(masks)).numpy()
     assert ours.dtype == np.float32
-    np.testing.assert_array_equal(ours, ref)
-    np.testing.assert_array_equal(ours[0], [3, 2, 8, 4])  # inclusive max indices
-    np.testing.assert_array_equal(ours[1], [11, 7, 11, 7])
+    np.testing.assert_array_equal(ours, _coco_boxes(masks))
+    present = masks.any(axis=(1, 2))
+    sam = batched_mask_to_box(torch.as_tensor(masks)).numpy()  # SAM's boxes are inclusive
+    np.testing.assert_array_equal(ours[present], sam[present] + [0, 0, 1, 1])
+    np.testing.assert_array_equal(ours[0], [3, 2, 9, 5])  # columns 3..8, rows 2..4
+    np.testing.assert_array_equal(ours[1], [11, 7, 12, 8])  # one pixel
     np.testing.assert_array_equal(ours[3], [0, 0, 0, 0])
     rng = np.random.default_rng(0)
     random = rng.random((20, 9, 11)) > 0.97
-    np.testing.assert_array_equal(masks_to_boxes(random), batched_mask_to_box(torch.as_tensor(random)).numpy())
+    np.testing.assert_array_equal(masks_to_boxes(random), _coco_boxes(random))
     assert masks_to_boxes(np.zeros((0, 5, 5), bool)).shape == (0, 4)
 
 
@@ -172,8 +181,9 @@ def test_crop_masks_to_boxes():
     masks = inst.masks
     for crop, mask, box in zip(crops, masks, inst.boxes.astype(int)):
         x1, y1, x2, y2 = box
-        assert crop.sum() == mask.sum() or not mask.any()  # the crop keeps every mask pixel
-        np.testing.assert_array_equal(crop, mask[y1 : y2 + 1, x1 : x2 + 1])
+        if mask.any():  # the crop is the box's window and keeps every mask pixel
+            assert crop.sum() == mask.sum() and crop.shape == (y2 - y1, x2 - x1)
+            np.testing.assert_array_equal(crop, mask[y1:y2, x1:x2])
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' decode under NumPy 2

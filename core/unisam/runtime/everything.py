@@ -10,23 +10,39 @@ kept cropped to their boxes until the end, so memory grows with the objects foun
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from unisam.images import load_image
-from unisam.instances import Instances, masks_to_boxes
-from unisam.runtime.cache import Embedding
+from ..images import load_image
+from ..instances import Instances
+from ..masks import masks_to_boxes
+from .cache import Embedding
 
 # Upper bound on the float32 full-resolution logits upscaled at once.
 UPSCALE_CHUNK_BYTES = 64 * 2**20
 # Distance (pixels) within which a box is "at" a crop edge; SAM's value.
 CROP_EDGE_TOLERANCE = 20.0
 _CONNECTIVITY_8 = np.ones((3, 3), dtype=bool)
+
+
+# The algorithm works on SAM's inclusive boxes (x2, y2 = last column, row), as SAM's automatic mask
+# generator does, so that NMS and crop-edge decisions match it; results use unisam's pixel edges.
+_TO_PIXEL_EDGES = np.array([0, 0, 1, 1], dtype=np.float32)
+
+
+def _inclusive_boxes(masks: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` non-empty bool masks -> ``(N, 4)`` float32 SAM-style inclusive boxes."""
+    return masks_to_boxes(masks) - _TO_PIXEL_EDGES
+
+
+def _option(default: float, help: str, common: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "common": common})
 
 
 class MaskPredictor(Protocol):
@@ -49,71 +65,123 @@ class MaskPredictor(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Option:
+    """One option of :class:`EverythingParams`: its type, SAM's default, what it does, and whether hosts
+    show it in their forms (``common``)."""
+
+    name: str
+    kind: type
+    default: float
+    help: str
+    common: bool
+
+
+@dataclass(frozen=True)
+class EverythingParams:
+    """The options of :func:`segment_everything` (SAM's automatic mask generator's, with its defaults).
+
+    Fields marked ``common`` in their metadata are the ones hosts show in their forms; ``help`` says
+    what each does. :func:`unisam.everything_defaults` gives a model's own defaults.
+    """
+
+    points_per_side: int = _option(32, "grid points per side of each crop", common=True)
+    points_per_batch: int = _option(64, "points decoded in one decoder call")
+    pred_iou_thresh: float = _option(0.88, "keep masks whose predicted IoU is above this", common=True)
+    stability_score_thresh: float = _option(
+        0.95, "keep masks whose IoU between logit cut-offs +offset and -offset is at least this", common=True
+    )
+    stability_score_offset: float = _option(1.0, "the logit offset of the stability score")
+    box_nms_thresh: float = _option(0.7, "box IoU above which two masks of one crop are one object", common=True)
+    crop_n_layers: int = _option(0, "layers of smaller crops besides the whole image (layer i: 4**i crops)")
+    crop_nms_thresh: float = _option(0.7, "box IoU above which masks of different crops are one object")
+    crop_overlap_ratio: float = _option(512 / 1500, "overlap of first-layer crops, a fraction of the short side")
+    crop_n_points_downscale_factor: int = _option(1, "layer i uses points_per_side / factor**i points a side")
+    min_mask_region_area: int = _option(
+        0, "fill holes and drop islands smaller than this (pixels); 0 = off", common=True
+    )
+
+    def __post_init__(self) -> None:
+        for option in self.options():
+            value = getattr(self, option.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ValueError(f"everything option {option.name} must be a number, got {value!r}")
+            if option.kind is int and float(value) != int(value):
+                raise ValueError(f"everything option {option.name} must be a whole number, got {value!r}")
+            object.__setattr__(self, option.name, option.kind(value))
+        if self.points_per_side < 1 or self.points_per_batch < 1:
+            raise ValueError("points_per_side and points_per_batch must be >= 1")
+        if self.crop_n_layers < 0 or self.crop_n_points_downscale_factor < 1:
+            raise ValueError("crop_n_layers must be >= 0 and crop_n_points_downscale_factor >= 1")
+        if self.points_per_side // self.crop_n_points_downscale_factor**self.crop_n_layers < 1:
+            raise ValueError(
+                f"crop layer {self.crop_n_layers} would get no points: points_per_side={self.points_per_side} / "
+                "crop_n_points_downscale_factor**crop_n_layers < 1; use fewer layers or a smaller factor"
+            )
+
+    @classmethod
+    def options(cls, common_only: bool = False) -> list[Option]:
+        """The options in declaration order (only those hosts show in their forms, if asked)."""
+        found = [
+            Option(f.name, int if f.type in ("int", int) else float, f.default, f.metadata["help"], f.metadata["common"])
+            for f in fields(cls)
+        ]
+        return [o for o in found if o.common or not common_only]
+
+    @classmethod
+    def names(cls, common_only: bool = False) -> list[str]:
+        """The option names, in declaration order."""
+        return [o.name for o in cls.options(common_only)]
+
+    def replace(self, **changes: Any) -> EverythingParams:
+        """A copy with ``changes``; unknown names raise a ``ValueError`` that lists the known ones."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise ValueError(f"unknown segment-everything options {unknown}; known: {self.names()}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, int | float]:
+        return dataclasses.asdict(self)
+
+
 def segment_everything(
     image: np.ndarray,
     predictor: MaskPredictor,
+    params: EverythingParams | None = None,
     *,
-    points_per_side: int = 32,
-    points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.88,
-    stability_score_thresh: float = 0.95,
-    stability_score_offset: float = 1.0,
-    box_nms_thresh: float = 0.7,
-    crop_n_layers: int = 0,
-    crop_nms_thresh: float = 0.7,
-    crop_overlap_ratio: float = 512 / 1500,
-    crop_n_points_downscale_factor: int = 1,
-    min_mask_region_area: int = 0,
     progress: bool = False,
+    **changes: Any,
 ) -> Instances:
     """All objects in ``image`` (anything :func:`unisam.images.load_image` accepts) as Instances sorted
-    by predicted IoU (``scores``), boxes inclusive xyxy. Parameters and defaults are SAM's:
-
-    points_per_side: grid points per side of each crop (layer i uses
-    ``points_per_side // crop_n_points_downscale_factor**i``). points_per_batch: points decoded at once.
-    pred_iou_thresh: keep masks with predicted IoU above this. stability_score_thresh /
-    stability_score_offset: keep masks whose area ratio at logit cut-offs ``+offset`` / ``-offset`` is at
-    least this. box_nms_thresh: box-IoU NMS within a crop. crop_n_layers: layers of crops (layer i has
-    ``(2**i)**2`` crops) besides the whole image; crop_nms_thresh: NMS across crops (smaller crops win);
-    crop_overlap_ratio: overlap of first-layer crops as a fraction of the short image side.
-    min_mask_region_area: if > 0, fill holes and remove islands smaller than this (pixels), then NMS
-    again preferring masks that needed no change. A threshold of 0 disables its filter; empty masks are
-    always dropped.
+    by predicted IoU (``scores``). ``params`` (default SAM's) with ``changes`` applied by name; see
+    :class:`EverythingParams`. Per crop: a grid of single-point prompts, masks filtered by predicted IoU,
+    stability and crop edges, box NMS within and across crops (smaller crops win), then optional
+    small-region cleaning. Empty masks are always dropped. ``progress``: a tqdm bar over decoder batches.
     """
+    p = (params or EverythingParams()).replace(**changes)
     image = load_image(image)
-    if points_per_side < 1 or points_per_batch < 1:
-        raise ValueError("points_per_side and points_per_batch must be >= 1")
-    if crop_n_layers < 0 or crop_n_points_downscale_factor < 1:
-        raise ValueError("crop_n_layers must be >= 0 and crop_n_points_downscale_factor >= 1")
-    if points_per_side // crop_n_points_downscale_factor**crop_n_layers < 1:
-        raise ValueError(
-            f"crop layer {crop_n_layers} would get no points: points_per_side={points_per_side} / "
-            f"crop_n_points_downscale_factor**crop_n_layers < 1; use fewer layers or a smaller factor"
-        )
     height, width = image.shape[:2]
-    grids = build_layer_point_grids(points_per_side, crop_n_layers, crop_n_points_downscale_factor)
-    crop_boxes, layer_idxs = generate_crop_boxes((height, width), crop_n_layers, crop_overlap_ratio)
-    settings = _Settings(
-        points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset, (width, height)
-    )
+    grids = build_layer_point_grids(p.points_per_side, p.crop_n_layers, p.crop_n_points_downscale_factor)
+    crop_boxes, layer_idxs = generate_crop_boxes((height, width), p.crop_n_layers, p.crop_overlap_ratio)
 
-    total = sum(math.ceil(len(grids[i]) / points_per_batch) for i in layer_idxs)
+    total = sum(math.ceil(len(grids[i]) / p.points_per_batch) for i in layer_idxs)
     found = _Candidates()
     with tqdm(total=total, desc="segment everything", unit="batch", disable=not progress) as bar:
         for crop_box, layer in zip(crop_boxes, layer_idxs):
-            part = _process_crop(image, crop_box, grids[layer], predictor, settings, bar)
-            found.extend(part.select(nms(part.boxes, part.scores, box_nms_thresh)))
+            part = _process_crop(image, crop_box, grids[layer], predictor, p, bar)
+            found.extend(part.select(nms(part.boxes, part.scores, p.box_nms_thresh)))
     if len(crop_boxes) > 1 and len(found.scores):
         prefer_small = 1.0 / found.crop_areas
-        found = found.select(nms(found.boxes, prefer_small, crop_nms_thresh))
+        found = found.select(nms(found.boxes, prefer_small, p.crop_nms_thresh))
 
     found = found.select(np.argsort(-found.scores, kind="stable"))  # ties below favour higher IoU
     masks, boxes, scores = found.to_full_masks((height, width)), found.boxes, found.scores
-    if min_mask_region_area > 0 and len(scores):
-        masks, boxes, keep = _clean_small_regions(masks, min_mask_region_area, max(box_nms_thresh, crop_nms_thresh))
+    if p.min_mask_region_area > 0 and len(scores):
+        nms_thresh = max(p.box_nms_thresh, p.crop_nms_thresh)
+        masks, boxes, keep = _clean_small_regions(masks, p.min_mask_region_area, nms_thresh)
         masks, boxes, scores = masks[keep], boxes[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")
-    return Instances(masks=masks[order], boxes=boxes[order], scores=scores[order])
+    return Instances(masks=masks[order], boxes=boxes[order] + _TO_PIXEL_EDGES, scores=scores[order])
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:
@@ -222,15 +290,6 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
     return np.isin(labels, keep), True
 
 
-@dataclass(frozen=True)
-class _Settings:
-    points_per_batch: int
-    pred_iou_thresh: float
-    stability_score_thresh: float
-    stability_score_offset: float
-    image_wh: tuple[int, int]
-
-
 @dataclass
 class _Candidates:
     """Masks kept so far, each stored cropped to its box: boxes ``(N, 4)`` inclusive image coordinates."""
@@ -263,7 +322,7 @@ def _process_crop(
     crop_box: tuple[int, int, int, int],
     grid: np.ndarray,
     predictor: MaskPredictor,
-    settings: _Settings,
+    params: EverythingParams,
     bar: tqdm,
 ) -> _Candidates:
     """Candidates from one crop, after IoU, stability and crop-edge filtering (before NMS)."""
@@ -273,11 +332,11 @@ def _process_crop(
     embedding = predictor.embed(crop)
     points = (grid * np.array([crop_w, crop_h])).astype(np.float32)
     chunk = max(1, UPSCALE_CHUNK_BYTES // (crop_h * crop_w * 4))
-    width, height = settings.image_wh
+    height, width = image.shape[:2]
     offset = np.array([x0, y0, x0, y0], dtype=np.float32)
     out = _Candidates()
-    for start in range(0, len(points), settings.points_per_batch):
-        batch = points[start : start + settings.points_per_batch]
+    for start in range(0, len(points), params.points_per_batch):
+        batch = points[start : start + params.points_per_batch]
         coords = batch[:, None, :]
         labels = np.ones((len(batch), 1), dtype=np.float32)
         low_res, iou = predictor.decode(embedding, coords, labels, multimask=True)
@@ -289,21 +348,21 @@ def _process_crop(
         low_res = low_res.reshape(-1, *low_res.shape[2:])
         iou = iou.reshape(-1).astype(np.float32)
         survivors = np.arange(len(iou))
-        if settings.pred_iou_thresh > 0:  # cheap: no mask needed yet
-            survivors = survivors[iou > settings.pred_iou_thresh]
+        if params.pred_iou_thresh > 0:  # cheap: no mask needed yet
+            survivors = survivors[iou > params.pred_iou_thresh]
         for c in range(0, len(survivors), chunk):
             idx = survivors[c : c + chunk]
             logits = predictor.upscale(embedding, low_res[idx])
             if logits.shape != (len(idx), crop_h, crop_w):
                 raise ValueError(f"predictor.upscale returned {logits.shape}, expected {(len(idx), crop_h, crop_w)}")
-            stable = stability_score(logits, settings.stability_score_offset)
+            stable = stability_score(logits, params.stability_score_offset)
             masks = logits > 0
             del logits
             keep = masks.any(axis=(1, 2))
-            if settings.stability_score_thresh > 0:
-                keep &= stable >= settings.stability_score_thresh
+            if params.stability_score_thresh > 0:
+                keep &= stable >= params.stability_score_thresh
             masks, idx = masks[keep], idx[keep]
-            boxes = masks_to_boxes(masks) + offset
+            boxes = _inclusive_boxes(masks) + offset
             inside = ~is_box_near_crop_edge(boxes, crop_box, (0, 0, width, height))
             local = (boxes[inside] - offset).astype(np.int64)
             pieces = [m[b[1] : b[3] + 1, b[0] : b[2] + 1].copy() for m, b in zip(masks[inside], local)]
@@ -325,5 +384,5 @@ def _clean_small_regions(
         mask, islands_changed = remove_small_regions(mask, min_area, "islands")
         cleaned[i] = mask
         unchanged[i] = float(not (holes_changed or islands_changed))
-    boxes = masks_to_boxes(cleaned)
+    boxes = _inclusive_boxes(cleaned)
     return cleaned, boxes, nms(boxes, unchanged, nms_thresh)

@@ -61,14 +61,14 @@ def prompts_from_labels(
             visible = ~np.isnan(points).any(axis=1)
             points, labels = points[visible] * scale, labels[visible]
         source = det if det is not None else kp
-        prompts.append(unisam.Prompt(points=points, labels=labels, box=box, label=source.label))
+        prompts.append(unisam.Prompt(points=points, point_labels=labels, box=box, label=source.label))
         ids.append(source.id)
     return prompts, ids
 
 
 def to_detections(instances: unisam.Instances, prompt_ids: list[str] | None = None) -> fol.Detections:
-    """Instances -> ``fo.Detections``: the inclusive pixel box ``x1..x2`` becomes the relative box
-    ``[x1 / W, y1 / H, (x2 - x1 + 1) / W, (y2 - y1 + 1) / H]``, the mask is cropped to it, the
+    """Instances -> ``fo.Detections``: the pixel-edge box ``(x1, y1, x2, y2)`` becomes the relative box
+    ``[x1 / W, y1 / H, (x2 - x1) / W, (y2 - y1) / H]``, the mask is cropped to it, the
     confidence is the predicted IoU and the label the prompt's; ``prompt_id`` (when ``prompt_ids``
     is given) is the id of the label that prompted it. Empty masks are left out."""
     height, width = instances.image_size
@@ -80,7 +80,7 @@ def to_detections(instances: unisam.Instances, prompt_ids: list[str] | None = No
         x1, y1, x2, y2 = np.rint(instances.boxes[i]).tolist()
         det = fol.Detection(
             label=labels[i],
-            bounding_box=[x1 / width, y1 / height, (x2 - x1 + 1) / width, (y2 - y1 + 1) / height],
+            bounding_box=[x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height],
             mask=crop,
             confidence=float(instances.scores[i]),
         )
