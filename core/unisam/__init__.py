@@ -1,34 +1,49 @@
 """unisam: promptable segmentation (EdgeSAM family) on ONNX Runtime + NumPy.
 
 >>> import unisam
->>> model = unisam.load_model()                     # bundled model, or EdgeSAM once its weights are cached
->>> emb = model.embed("cells.png")                  # encoder runs once per image
->>> pred = model.predict(emb, points=[[120, 80]], point_labels=[1])
->>> result = unisam.segment("cells.png", points=[[120, 80]])   # -> Instances
->>> stack = unisam.propagate(zstack, start=5, mask=result.masks[0])  # the object through the stack
->>> tiles = unisam.segment_everything_tiled("slide.tif")  # large images: overlapping tiles
+>>> result = unisam.segment("examples/nuclei.png", points=[[334, 303]])      # -> Instances
+>>> found = unisam.segment_everything("examples/nuclei.png", points_per_side=16)
+>>> model = unisam.get_model()                     # the shared default (bundled unisam-tiny offline)
+
+Everything a host adapter needs is a name of this package; the submodules are the implementation.
 """
 
-from .api import default_model, everything_defaults, get_model, load_model, segment, segment_everything
+from .api import embed, everything_defaults, propagate, segment, segment_everything
+from .hub import default_model, get_model, load_model, model_name
+from .images import load_image
 from .instances import Instances
+from .masks import masks_to_boxes
 from .prompts import Prompt
+from .registry import list_models
+from .runtime.cache import Embedding, LRUCache
+from .runtime.everything import EverythingParams
 from .runtime.predictor import Prediction, Predictor
-from .runtime.propagate import Propagation, propagate
-from .runtime.tiling import segment_everything_tiled, segment_tiled
+from .runtime.propagate import StopRules
+from .runtime.tiling import Tiling
+from .weights import WeightsNotFoundError, cache_dir
 
 __all__ = [
+    "Embedding",
+    "EverythingParams",
     "Instances",
+    "LRUCache",
     "Prediction",
     "Predictor",
     "Prompt",
-    "Propagation",
+    "StopRules",
+    "Tiling",
+    "WeightsNotFoundError",
+    "cache_dir",
     "default_model",
+    "embed",
     "everything_defaults",
     "get_model",
+    "list_models",
+    "load_image",
     "load_model",
+    "masks_to_boxes",
+    "model_name",
     "propagate",
     "segment",
     "segment_everything",
-    "segment_everything_tiled",
-    "segment_tiled",
 ]

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import api
+from . import api, hub
+from .runtime.everything import EverythingParams
 from .registry import get_card, list_models
 from .train.commands import add_commands as add_training_commands
 from .weights import WeightsNotFoundError, cache_dir, resolve_weight
@@ -36,8 +37,8 @@ def _check_out(path: Path, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _model(args) -> api.Predictor:
-    return api.load_model(args.model, weights=args.weights, download=args.download)
+def _model(args) -> hub.Predictor:
+    return hub.load_model(args.model, weights=args.weights, download=args.download)
 
 
 def cmd_segment(args) -> None:
@@ -48,10 +49,11 @@ def cmd_segment(args) -> None:
     result = api.segment(
         args.image,
         points=points or None,
-        labels=labels or None,
+        point_labels=labels or None,
         box=args.box,
         model=_model(args),
         multimask=args.multimask,
+        tiles=args.tiles,
     )
     Image.fromarray(result.masks[0].astype(np.uint8) * 255).save(out)
     x1, y1, x2, y2 = (float(v) for v in result.boxes[0])
@@ -66,11 +68,9 @@ def cmd_everything(args) -> None:
     _check_out(out, args.overwrite)
     if args.rle:
         _check_out(Path(args.rle), args.overwrite)
-    given = {"points_per_side": args.points_per_side, "pred_iou_thresh": args.pred_iou_thresh,
-             "stability_score_thresh": args.stability_score_thresh, "crop_n_layers": args.crop_layers,
-             "min_mask_region_area": args.min_area}
+    given = {name: getattr(args, name) for name in EverythingParams.names()}
     params = {k: v for k, v in given.items() if v is not None}  # the rest: the model's defaults
-    result = api.segment_everything(args.image, model=_model(args), progress=True, **params)
+    result = api.segment_everything(args.image, model=_model(args), tiles=args.tiles, progress=True, **params)
     labels = result.to_label_image()
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
     Image.fromarray(labels.astype(dtype)).save(out)
@@ -91,7 +91,7 @@ def cmd_export(args) -> None:
     if card.checkpoint is None:
         raise ValueError(f"model {card.name!r} has no PyTorch checkpoint; nothing to export")
     checkpoint = resolve_weight(card.checkpoint, path=args.checkpoint, download=args.download, model=card.name)
-    api.export_checkpoint(card, checkpoint, out)
+    hub.export_checkpoint(card, checkpoint, out)
     print(f"exported {card.name} to {out} (encoder.onnx, decoder.onnx, model.json)")
 
 
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=_box, default=None, metavar="X1,Y1,X2,Y2")
     p.add_argument("--multimask", action=argparse.BooleanOptionalAction, default=None,
                    help="pick the best of 3 candidate masks (default: only for a single click)")
+    p.add_argument("--tiles", action="store_true", help="large image: decode in the tile that holds the prompt")
     p.add_argument("--out", required=True, help="output mask PNG (0/255)")
     model_args(p)
     p.set_defaults(func=cmd_segment)
@@ -148,11 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--out", required=True, help="output label image PNG (0 = background)")
     p.add_argument("--rle", default=None, help="also write instances as COCO RLE JSON")
-    p.add_argument("--points-per-side", type=int, default=None, help="(default 32)")
-    p.add_argument("--pred-iou-thresh", type=float, default=None, help="(default: the model's; SAM 0.88)")
-    p.add_argument("--stability-score-thresh", type=float, default=None, help="(default: the model's; SAM 0.95)")
-    p.add_argument("--crop-layers", type=int, default=None, help="(default 0)")
-    p.add_argument("--min-area", type=int, default=None, help="remove regions and holes smaller than this (px)")
+    aliases = {"crop_n_layers": ["--crop-layers"], "min_mask_region_area": ["--min-area"]}
+    for option in EverythingParams.options():
+        flags = ["--" + option.name.replace("_", "-"), *aliases.get(option.name, [])]
+        p.add_argument(*flags, dest=option.name, type=option.kind, default=None,
+                       help=f"{option.help} (default: the model's; SAM {option.default:g})")
+    p.add_argument("--tiles", action="store_true", help="large image: work in overlapping tiles")
     model_args(p)
     p.set_defaults(func=cmd_everything)
 

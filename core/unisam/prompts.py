@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from .masks import interior_points, masks_to_boxes
 
-@dataclass(frozen=True)
+# Point labels of SAM's prompt encoder: clicks (background / foreground), a padding point, box corners.
+PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1.0, 0.0, 1.0, 2.0, 3.0
+
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, init=False)
 class Prompt:
     """One object to segment, in original-image pixel coordinates.
 
-    points: (N, 2) float xy; labels: (N,) 1 = foreground click, 0 = background click;
-    box: (4,) float x1, y1, x2, y2; mask: (s, s) low-res logits returned by a previous prediction
-    (iterative refinement); label: a class name carried through to the result.
+    points: (N, 2) float xy; point_labels: (N,) click polarity, 1 = foreground, 0 = background
+    (default all foreground); box: (4,) float pixel-edge x1, y1, x2, y2 (see :mod:`unisam.masks`);
+    mask: (s, s) low-res logits returned by a previous prediction (iterative refinement);
+    label: a class name carried through to the result (``Instances.labels``).
+    ``labels=`` is the old spelling of ``point_labels`` (deprecated).
     """
 
-    points: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    box: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    label: str | None = None
+    points: np.ndarray | None
+    point_labels: np.ndarray | None
+    box: np.ndarray | None
+    mask: np.ndarray | None
+    label: str | None
+
+    def __init__(self, points=None, point_labels=None, box=None, mask=None, label=None, *, labels=_UNSET):
+        point_labels = renamed_argument("labels", labels, "point_labels", point_labels)
+        for name, value in zip(self.__dataclass_fields__, (points, point_labels, box, mask, label)):
+            object.__setattr__(self, name, value)
 
     @property
     def num_points(self) -> int:
@@ -33,12 +50,36 @@ class Prompt:
         return self.num_points == 1 and self.box is None and self.mask is None
 
 
+def renamed_argument(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of an argument renamed from ``old`` to ``new``: the old spelling still works for one
+    release, with a ``DeprecationWarning``; both at once is an error."""
+    if old_value is _UNSET:
+        return new_value
+    if new_value is not None:
+        raise ValueError(f"give {new}= only ({old}= is its old name)")
+    warnings.warn(f"{old}= is deprecated, use {new}= (click polarity: 1 = foreground, 0 = background)",
+                  DeprecationWarning, stacklevel=3)
+    return old_value
+
+
+def mask_to_prompt(mask: np.ndarray, n_points: int = 1, low_res_logits: np.ndarray | None = None) -> Prompt:
+    """A prompt that asks for the object of ``mask`` (H, W) bool: its pixel-edge box, ``n_points``
+    positive points at the centres of pixels deep inside it (:func:`unisam.masks.interior_points`) and
+    optional previous ``low_res_logits`` (s, s) as mask input."""
+    mask = np.asarray(mask, dtype=bool)
+    pixels = interior_points(mask, n_points)
+    box = masks_to_boxes(mask[None])[0].astype(np.float64)
+    points = pixels + 0.5 if len(pixels) else None
+    return Prompt(points=points, point_labels=np.ones(len(pixels)) if len(pixels) else None, box=box,
+                  mask=low_res_logits)
+
+
 def make_prompt(
-    points=None, labels=None, box=None, mask=None, label: str | None = None, *, image_size: tuple[int, int]
+    points=None, point_labels=None, box=None, mask=None, label: str | None = None, *, image_size: tuple[int, int]
 ) -> Prompt:
     """Validate raw prompt values against an image of ``image_size`` = (H, W); return a :class:`Prompt`.
 
-    Points must lie inside the image (0 <= x <= W, 0 <= y <= H); labels default to all-foreground;
+    Points must lie inside the image (0 <= x <= W, 0 <= y <= H); point labels default to all-foreground;
     a box must have x1 < x2, y1 < y2 and overlap the image (it is clipped to the image).
     Raises ``ValueError`` with a message that names the problem.
     """
@@ -62,15 +103,15 @@ def make_prompt(
                     "points are x, y pixel coordinates"
                 )
     if pts is not None:
-        if labels is None:
+        if point_labels is None:
             lbl = np.ones(len(pts), dtype=np.float64)
         else:
-            lbl = np.asarray(labels, dtype=np.float64).reshape(-1)
+            lbl = np.asarray(point_labels, dtype=np.float64).reshape(-1)
             if len(lbl) != len(pts):
                 raise ValueError(f"got {len(pts)} points but {len(lbl)} point labels")
             if not np.isin(lbl, (0, 1)).all():
                 raise ValueError(f"point labels must be 1 (foreground) or 0 (background); got {np.unique(lbl)}")
-    elif labels is not None and np.size(labels) > 0:
+    elif point_labels is not None and np.size(point_labels) > 0:
         raise ValueError("point labels were given without points")
     if box is not None:
         bx = np.asarray(box, dtype=np.float64).reshape(-1)
@@ -93,19 +134,21 @@ def make_prompt(
             raise ValueError("mask prompt contains NaN or infinite values")
     if pts is None and bx is None and msk is None:
         raise ValueError("empty prompt: give at least one point, a box or a mask")
-    return Prompt(points=pts, labels=lbl, box=bx, mask=msk, label=label)
+    return Prompt(points=pts, point_labels=lbl, box=bx, mask=msk, label=label)
 
 
 def collect_prompts(
-    prompts: Prompt | Sequence[Prompt] | None, points=None, labels=None, box=None, *, image_size: tuple[int, int]
+    prompts: Prompt | Sequence[Prompt] | None, points=None, point_labels=None, box=None, *, image_size: tuple[int, int]
 ) -> list[Prompt]:
-    """The validated prompts of a ``segment``-style call: ``prompts`` (one or many), or the fields of a
-    single prompt as ``points`` / ``labels`` / ``box`` (not both ways at once)."""
+    """The validated prompts of a ``segment`` call: ``prompts`` (one or many), or the fields of a single
+    prompt as ``points`` / ``point_labels`` / ``box`` (not both ways at once)."""
     if prompts is None:
-        return [make_prompt(points, labels, box, image_size=image_size)]
-    if points is not None or labels is not None or box is not None:
-        raise ValueError("give either prompts or points/labels/box, not both")
+        return [make_prompt(points, point_labels, box, image_size=image_size)]
+    if points is not None or point_labels is not None or box is not None:
+        raise ValueError("give either prompts or points/point_labels/box, not both")
     items = [prompts] if isinstance(prompts, Prompt) else list(prompts)
     if not items:
         raise ValueError("no prompts given")
-    return [make_prompt(p.points, p.labels, p.box, p.mask, p.label, image_size=image_size) for p in items]
+    if not all(isinstance(p, Prompt) for p in items):
+        raise ValueError("prompts must be unisam.Prompt objects")
+    return [make_prompt(p.points, p.point_labels, p.box, p.mask, p.label, image_size=image_size) for p in items]

@@ -145,17 +145,27 @@ ASSETS = Path(__file__).parent / "assets"
 BUNDLED_MODEL = "unisam-tiny"
 
 
-def _bundled_arch(directory: Path) -> ArchSpec:
-    """The ArchSpec stored in a bundled export's model.json (the one source of truth for its shape)."""
-    meta = json.loads((directory / "model.json").read_text())
+def read_export(directory: str | Path) -> tuple[ArchSpec, dict[str, Any]]:
+    """The architecture and the whole metadata of a directory written by ``unisam export`` (its
+    model.json, the one source of truth for an export's shape)."""
+    meta_path = Path(directory) / "model.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{directory} has no model.json: not a directory written by `unisam export`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{meta_path} is not readable JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != ONNX_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: unknown format {found!r} (expected {ONNX_FORMAT})")
     names = {f for f in ArchSpec.__dataclass_fields__}
-    return ArchSpec.from_dict({k: v for k, v in meta.items() if k in names})
+    return ArchSpec.from_dict({k: v for k, v in meta.items() if k in names}), meta
 
 
 register(
     ModelCard(
         name=BUNDLED_MODEL,
-        arch=_bundled_arch(ASSETS / BUNDLED_MODEL),
+        arch=read_export(ASSETS / BUNDLED_MODEL)[0],
         description="small EdgeSAM-style model (input 256) distilled here from synthetic data; ships with "
         "unisam, used when no official weights are present (`unisam recipe` rebuilds it)",
         bundled=ASSETS / BUNDLED_MODEL,

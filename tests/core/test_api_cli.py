@@ -85,7 +85,7 @@ def test_segment_returns_the_predictors_best_mask(edgesam_predictor):
 def test_segment_many_prompts_keeps_order_and_labels(edgesam_predictor):
     prompts = [
         unisam.Prompt(box=np.array([10, 10, 100, 100]), label="cat"),
-        unisam.Prompt(points=np.array([[200, 50]]), labels=np.array([1]), label="dog"),
+        unisam.Prompt(points=np.array([[200, 50]]), point_labels=np.array([1]), label="dog"),
     ]
     result = unisam.segment(_image(), prompts, model=edgesam_predictor)
     assert result.labels == ["cat", "dog"]

@@ -107,8 +107,8 @@ def test_readme_main_command_segments_the_clicked_nucleus(empty_cache, tmp_path)
 
 def test_everything_uses_the_models_own_thresholds_and_finds_objects():
     tiny, sam = unisam.everything_defaults(BUNDLED_MODEL), unisam.everything_defaults("edgesam")
-    assert (sam["pred_iou_thresh"], sam["stability_score_thresh"]) == (0.88, 0.95)  # SAM's own defaults
-    assert tiny == {**sam, **get_card(BUNDLED_MODEL).everything} and tiny["pred_iou_thresh"] < 0.88
+    assert (sam.pred_iou_thresh, sam.stability_score_thresh) == (0.88, 0.95)  # SAM's own defaults
+    assert tiny == sam.replace(**get_card(BUNDLED_MODEL).everything) and tiny.pred_iou_thresh < 0.88
     sample = generate_sample(np.random.default_rng(7), (128, 128), "nuclei")
     found = unisam.segment_everything(sample.image, model=BUNDLED_MODEL, points_per_side=16)
     assert len(found) > 0

@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from unisam.runtime.cache import DiskEmbeddingCache, Embedding, EmbeddingCache
+from unisam.runtime.cache import DiskEmbeddingCache, Embedding, LRUCache
 
 
 def _embedding(model_id: str = "edge_sam", digest: str = "ab12", seed: int = 0, extras: bool = True) -> Embedding:
@@ -47,41 +47,41 @@ def test_embedding_nbytes_and_validation():
 
 
 def test_lru_eviction_by_bytes_and_recency():
-    cache = EmbeddingCache(max_bytes=100)
-    cache.put("m", "a", _Blob(40))
-    cache.put("m", "b", _Blob(40))
-    assert cache.get("m", "a") is not None  # a is now more recent than b
-    cache.put("m", "c", _Blob(40))  # 120 > 100: evicts the least recent, b
+    cache = LRUCache(max_bytes=100)
+    cache.put(("m", "a"), _Blob(40))
+    cache.put(("m", "b"), _Blob(40))
+    assert cache.get(("m", "a")) is not None  # a is now more recent than b
+    cache.put(("m", "c"), _Blob(40))  # 120 > 100: evicts the least recent, b
     assert ("m", "b") not in cache and ("m", "a") in cache and ("m", "c") in cache
     assert len(cache) == 2 and cache.nbytes == 80
-    cache.put("m", "d", _Blob(100))  # needs everything
+    cache.put(("m", "d"), _Blob(100))  # needs everything
     assert len(cache) == 1 and cache.nbytes == 100
-    cache.put("m", "huge", _Blob(101))  # larger than the cache: not stored, nothing evicted
+    cache.put(("m", "huge"), _Blob(101))  # larger than the cache: not stored, nothing evicted
     assert ("m", "huge") not in cache and ("m", "d") in cache
 
 
 def test_lru_keys_by_model_and_digest_and_counts():
-    cache = EmbeddingCache()
+    cache = LRUCache()
     e = _embedding()
-    cache.put("m1", "x", e)
-    assert cache.get("m1", "x") is e
-    assert cache.get("m2", "x") is None
-    assert cache.get("m1", "y") is None
+    cache.put(("m1", "x"), e)
+    assert cache.get(("m1", "x")) is e
+    assert cache.get(("m2", "x")) is None
+    assert cache.get(("m1", "y")) is None
     assert (cache.hits, cache.misses) == (1, 2)
     assert ("m1", "x") in cache and cache.hits == 1  # membership is not a hit
-    cache.put("m1", "x", _embedding(seed=1))  # replace: size accounted once
+    cache.put(("m1", "x"), _embedding(seed=1))  # replace: size accounted once
     assert len(cache) == 1 and cache.nbytes == e.nbytes
     cache.clear()
     assert len(cache) == 0 and cache.nbytes == 0 and cache.hits == cache.misses == 0
 
 
 def test_lru_is_thread_safe():
-    cache = EmbeddingCache(max_bytes=50 * 10)
+    cache = LRUCache(max_bytes=50 * 10)
 
     def work(t: int) -> None:
         for i in range(300):
-            cache.put("m", f"{t}-{i % 80}", _Blob(10))
-            cache.get("m", f"{t}-{(i * 7) % 80}")
+            cache.put(("m", f"{t}-{i % 80}"), _Blob(10))
+            cache.get(("m", f"{t}-{(i * 7) % 80}"))
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
     for t in threads:
@@ -94,7 +94,7 @@ def test_lru_is_thread_safe():
 
 def test_negative_budget_rejected():
     with pytest.raises(ValueError):
-        EmbeddingCache(max_bytes=-1)
+        LRUCache(max_bytes=-1)
 
 
 # --- disk ---------------------------------------------------------------------------------------

@@ -102,10 +102,10 @@ def test_batched_prompts_equal_one_by_one(edgesam_predictor):
     image = _image(256, 320, seed=5)
     emb = edgesam_predictor.embed(image)
     prompts = [
-        unisam.Prompt(points=np.array([[30.0, 40.0]]), labels=np.array([1.0])),
+        unisam.Prompt(points=np.array([[30.0, 40.0]]), point_labels=np.array([1.0])),
         unisam.Prompt(box=np.array([10.0, 10.0, 200.0, 150.0])),
-        unisam.Prompt(points=np.array([[100.0, 90.0]]), labels=np.array([1.0])),
-        unisam.Prompt(points=np.array([[50.0, 60.0], [70.0, 20.0]]), labels=np.array([1.0, 0.0])),
+        unisam.Prompt(points=np.array([[100.0, 90.0]]), point_labels=np.array([1.0])),
+        unisam.Prompt(points=np.array([[50.0, 60.0], [70.0, 20.0]]), point_labels=np.array([1.0, 0.0])),
     ]
     batched = edgesam_predictor.predict_prompts(emb, prompts, multimask=True)
     for prompt, got in zip(prompts, batched):

@@ -1,12 +1,12 @@
-"""unisam.runtime.propagate with the bundled model on a drawn z-stack whose ground truth is exact."""
+"""unisam.propagate with the bundled model on a drawn z-stack whose ground truth is exact."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
 import unisam
-from unisam.images import load_image
-from unisam.runtime.propagate import mask_to_prompt, propagate, propagate_steps
+from unisam import load_image, propagate
+from unisam.prompts import mask_to_prompt
 
 Z, H, W = 16, 128, 128
 START = 7
@@ -42,6 +42,16 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
+def present(frames: list[unisam.Instances]) -> list[int]:
+    """The frames that hold the object."""
+    return [z for z, found in enumerate(frames) if len(found)]
+
+
+def stacked(frames: list[unisam.Instances]) -> np.ndarray:
+    """(Z, H, W) bool: the object's mask per frame (empty where it is absent)."""
+    return np.stack([found.masks.any(axis=0) for found in frames])
+
+
 @pytest.fixture(scope="module")
 def stack():
     return nuclei_stack()
@@ -53,7 +63,7 @@ def test_mask_to_prompt_box_and_deep_points():
     one = mask_to_prompt(disk)
     assert one.box.tolist() == [22, 12, 39, 29]  # pixel edges: columns 22..38, rows 12..28
     assert one.points.tolist() == [[30.5, 20.5]]  # the centre pixel is the innermost
-    assert one.labels.tolist() == [1] and one.mask is None
+    assert one.point_labels.tolist() == [1] and one.mask is None
     three = mask_to_prompt(disk, n_points=3)
     assert three.points[0].tolist() == [30.5, 20.5]
     cols, rows = (three.points - 0.5).astype(int).T
@@ -71,40 +81,41 @@ def test_mask_to_prompt_box_and_deep_points():
 def test_propagation_follows_the_nucleus_and_stops_where_it_ends(stack):
     image, target = stack
     model = unisam.load_model("unisam-tiny")
-    result = propagate(image, START, target[START], model=model)
-    assert (result.first, result.last) == (TARGET_SLICES[0], TARGET_SLICES[-1])
+    result = propagate(image, START, target[START], model=model, object_id=7)
+    assert present(result) == list(TARGET_SLICES)
+    masks = stacked(result)
     for z in TARGET_SLICES:
-        assert iou(result.masks[z], target[z]) > 0.5, z
+        assert iou(masks[z], target[z]) > 0.5, z
+        assert result[z].ids.tolist() == [7] and result[z].image_size == (H, W)
     outside = [z for z in range(Z) if z not in TARGET_SLICES]
-    assert not result.masks[outside].any()
-    assert np.isnan(result.scores[outside]).all() and np.isnan(result.scores[START])
+    assert not masks[outside].any()
     reached = [z for z in TARGET_SLICES if z != START]
-    assert (result.scores[reached] >= 0.75).all()
-    np.testing.assert_array_equal(result.masks[START], target[START])
+    assert all(result[z].scores[0] >= 0.75 for z in reached) and result[START].scores[0] == 1.0
+    np.testing.assert_array_equal(masks[START], target[START])
     # each visited slice (the object's, plus the one per side where it was lost) was embedded once
     assert model.encoder_runs == len(reached) + 2
     again = propagate(image, START, target[START], model=model)
     assert model.encoder_runs == len(reached) + 2
-    np.testing.assert_array_equal(again.masks, result.masks)
+    np.testing.assert_array_equal(stacked(again), masks)
 
 
 def test_steps_go_up_then_down_and_a_sequence_of_images_works(stack):
     image, target = stack
-    steps = list(propagate_steps(image, START, target[START], model="unisam-tiny"))
-    assert [s.index for s in steps] == [*range(START + 1, 13), *range(START - 1, 1, -1)]
-    assert all(s.overlap >= 0.3 and s.mask.shape == (H, W) for s in steps)
+    steps = list(propagate(image, START, target[START], model="unisam-tiny", stream=True))
+    assert [z for z, _ in steps] == [START, *range(START + 1, 13), *range(START - 1, 1, -1)]
+    assert all(len(found) == 1 and found.image_size == (H, W) for _, found in steps)
     frames = [load_image(s) for s in image]  # a list of RGB uint8 frames: the same pixels the model saw
     result = propagate(frames, START, target[START])
-    for s in steps:
-        np.testing.assert_array_equal(result.masks[s.index], s.mask)
+    for z, found in steps:
+        np.testing.assert_array_equal(result[z].masks, found.masks)
 
 
 def test_thresholds_control_where_propagation_stops(stack):
     image, target = stack
     strict = propagate(image, START, target[START], model="unisam-tiny", min_overlap=0.99)
-    assert (strict.first, strict.last) == (START, START)  # no slice matches the start mask that well
+    assert present(strict) == [START]  # no slice matches the start mask that well
     lax = propagate(image, START, target[START], model="unisam-tiny", score_threshold=0.0, min_overlap=0.0)
-    assert (lax.first, lax.last) == (0, Z - 1)  # nothing stops it: it runs to both ends
+    assert present(lax) == list(range(Z))  # nothing stops it: it runs to both ends
 
 
 def test_bad_input_is_rejected(stack):
@@ -115,3 +126,7 @@ def test_bad_input_is_rejected(stack):
         propagate(image, START, np.zeros((H, W), bool))
     with pytest.raises(ValueError, match="size"):
         propagate(image, START, np.ones((H // 2, W), bool))
+    with pytest.raises(ValueError, match="no slices"):
+        propagate([], 0, target[START])
+    with pytest.raises(ValueError, match="unknown propagation options"):
+        propagate(image, START, target[START], min_overlpa=0.5)

@@ -1,14 +1,13 @@
-"""unisam.runtime.tiling: tile layout, equality with the untiled calls where one tile suffices, and, with
+"""Tiled segmentation (``tiles=`` of unisam.segment, segment_everything, embed): tile layout, equality with the untiled calls where one tile suffices, and, with
 the bundled model on synthetic nuclei, more objects found than one downscaled pass."""
 
 import numpy as np
 import pytest
 
 import unisam
-from unisam.images import load_image
-from unisam.instances import masks_to_boxes
+from unisam import load_image, masks_to_boxes
 from unisam.runtime.everything import box_iou
-from unisam.runtime.tiling import embed_tiles, segment_everything_tiled, segment_tiled, tile_boxes
+from unisam.runtime.tiling import tile_boxes
 from unisam.data.synthetic import generate_sample
 
 EVERYTHING = dict(points_per_side=16, pred_iou_thresh=0.4, stability_score_thresh=0.9)
@@ -61,13 +60,13 @@ def test_tile_layout_is_validated():
 
 def test_one_tile_equals_the_untiled_calls(model):
     sample = generate_sample(np.random.default_rng(1), (192, 256), "nuclei")
-    tiled = segment_everything_tiled(sample.image, model=model, **EVERYTHING)
+    tiled = unisam.segment_everything(sample.image, model=model, tiles=True, **EVERYTHING)
     plain = unisam.segment_everything(sample.image, model=model, **EVERYTHING)
     assert len(plain) > 0
     np.testing.assert_array_equal(tiled.masks, plain.masks)
     np.testing.assert_array_equal(tiled.scores, plain.scores)
-    prompts = [unisam.Prompt(points=[[60.5, 40.5]], labels=[1]), unisam.Prompt(box=[10, 20, 90, 70])]
-    a = segment_tiled(sample.image, prompts, model=model)
+    prompts = [unisam.Prompt(points=[[60.5, 40.5]], point_labels=[1]), unisam.Prompt(box=[10, 20, 90, 70])]
+    a = unisam.segment(sample.image, prompts, model=model, tiles=True)
     b = unisam.segment(sample.image, prompts, model=model)
     np.testing.assert_array_equal(a.masks, b.masks)
     np.testing.assert_array_equal(a.scores, b.scores)
@@ -77,7 +76,7 @@ def test_tiles_find_more_nuclei_than_one_downscaled_pass(model):
     tiled_hits = single_hits = 0
     for seed in (0, 1):
         sample = generate_sample(np.random.default_rng(seed), (384, 384), "nuclei")
-        tiled = segment_everything_tiled(sample.image, model=model, **EVERYTHING)
+        tiled = unisam.segment_everything(sample.image, model=model, tiles=True, **EVERYTHING)
         single = unisam.segment_everything(sample.image, model=model, **EVERYTHING)
         tiled_hits += matched(tiled, sample.masks)
         single_hits += matched(single, sample.masks)
@@ -97,17 +96,17 @@ def test_a_click_is_decoded_in_the_tile_that_holds_it(model):
     for truth in sample.masks[:: max(1, len(sample.masks) // 8)]:
         rows, cols = np.nonzero(truth)
         box = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
-        tiled = segment_tiled(sample.image, box=box, model=model)
+        tiled = unisam.segment(sample.image, box=box, model=model, tiles=True)
         plain = unisam.segment(sample.image, box=box, model=model)
         tiled_iou.append((tiled.masks[0] & truth).sum() / (tiled.masks[0] | truth).sum())
         plain_iou.append((plain.masks[0] & truth).sum() / (plain.masks[0] | truth).sum())
     assert np.mean(tiled_iou) > 0.5 and np.mean(tiled_iou) > np.mean(plain_iou) + 0.05, (tiled_iou, plain_iou)
     # the mechanics: the mask is the tile's own result, shifted back into the full image
-    click = unisam.Prompt(points=[[300.5, 200.5]], labels=[1])
-    full = segment_tiled(sample.image, click, model=model)
+    click = unisam.Prompt(points=[[300.5, 200.5]], point_labels=[1])
+    full = unisam.segment(sample.image, click, model=model, tiles=True)
     holding = [t for t in tile_boxes((512, 512), 256, 64) if t[0] <= 300.5 <= t[2] and t[1] <= 200.5 <= t[3]]
     x0, y0, x1, y1 = min(holding, key=lambda t: np.hypot((t[0] + t[2]) / 2 - 300.5, (t[1] + t[3]) / 2 - 200.5))
-    local = unisam.segment(image[y0:y1, x0:x1], points=[[300.5 - x0, 200.5 - y0]], labels=[1], model=model)
+    local = unisam.segment(image[y0:y1, x0:x1], points=[[300.5 - x0, 200.5 - y0]], point_labels=[1], model=model)
     expected = np.zeros((512, 512), bool)
     expected[y0:y1, x0:x1] = local.masks[0]
     np.testing.assert_array_equal(full.masks[0], expected)
@@ -116,19 +115,21 @@ def test_a_click_is_decoded_in_the_tile_that_holds_it(model):
 
 def test_embedded_tiles_are_reused(model):
     sample = generate_sample(np.random.default_rng(2), (320, 400), "nuclei")
-    embedded = list(embed_tiles(sample.image, model=model))
+    embedded = unisam.embed(sample.image, model=model, tiles=True)
     assert len(embedded) == len(tile_boxes((320, 400), 256, 64)) == 4
     runs = model.encoder_runs
-    segment_everything_tiled(sample.image, model=model, whole_image=False, points_per_side=4)
-    segment_tiled(sample.image, points=[[390, 310]], model=model)
+    unisam.segment_everything(sample.image, model=model, tiles=unisam.Tiling(whole_image=False), points_per_side=4)
+    unisam.segment(sample.image, points=[[390, 310]], model=model, tiles=True)
     assert model.encoder_runs == runs
 
 
 def test_bad_prompts_are_rejected(model):
     image = np.zeros((300, 600), np.uint8)
     with pytest.raises(ValueError, match="outside the image"):
-        segment_tiled(image, points=[[700, 10]], model=model)
+        unisam.segment(image, points=[[700, 10]], model=model, tiles=True)
     with pytest.raises(ValueError, match="mask prompts"):
-        segment_tiled(image, unisam.Prompt(mask=np.zeros((64, 64), np.float32)), model=model)
+        unisam.segment(image, unisam.Prompt(mask=np.zeros((64, 64), np.float32)), model=model, tiles=True)
     with pytest.raises(ValueError, match="either prompts"):
-        segment_tiled(image, unisam.Prompt(points=[[1, 1]]), points=[[1, 1]], model=model)
+        unisam.segment(image, unisam.Prompt(points=[[1, 1]]), points=[[1, 1]], model=model, tiles=True)
+    with pytest.raises(ValueError, match="tiles must be"):
+        unisam.segment(image, points=[[1, 1]], model=model, tiles="yes")

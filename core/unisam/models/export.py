@@ -169,7 +169,9 @@ class DecoderGraph(nn.Module):
         return x + F.gelu(x @ mix.weight.flatten(1).t() + mix.bias)
 
     def _transformer(self, image: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two-way transformer on channel-last image tokens ``(B, hw, C)`` and tokens ``(B, T, C)``."""
+        """Two-way transformer on channel-last image tokens ``(B, hw, C)`` and tokens ``(B, T, C)``: the
+        steps of ``TwoWayAttentionBlock.forward`` (transformer.py) with the token-to-image attention's
+        projections folded into the prompt side (:func:`_tokens_to_image`)."""
         transformer = self.mask_decoder.transformer
         queries, keys = tokens, image
         for layer in transformer.layers:

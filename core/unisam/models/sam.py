@@ -101,19 +101,9 @@ class Sam(nn.Module):
         )
         return masks[:, keep], iou[:, keep]
 
-    def forward(
-        self,
-        images: torch.Tensor,
-        point_coords: torch.Tensor,
-        point_labels: torch.Tensor,
-        mask_input: torch.Tensor | None = None,
-        num_outputs: int = 3,
-        image_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Preprocessed images ``(E, 3, S, S)`` and prompts as in :meth:`forward_decoder`."""
-        return self.forward_decoder(
-            self.embed_image(images), point_coords, point_labels, mask_input, num_outputs, image_index
-        )
+    def forward(self, images: torch.Tensor, *prompts: torch.Tensor | None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocessed images ``(E, 3, S, S)``; prompts and options as in :meth:`forward_decoder`."""
+        return self.forward_decoder(self.embed_image(images), *prompts, **options)
 
 
 def build_image_encoder(spec: ArchSpec) -> nn.Module:

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,9 @@ class Embedding:
         return int(self.features.nbytes + sum(np.asarray(v).nbytes for v in self.extras.values()))
 
 
-class EmbeddingCache:
-    """Thread-safe in-memory LRU of objects with an ``nbytes`` attribute, bounded by their total size.
+class LRUCache:
+    """Thread-safe in-memory LRU of objects with an ``nbytes`` attribute (arrays, embeddings), bounded
+    by their total size; keys are any hashable values.
 
     An entry larger than ``max_bytes`` is not stored. ``hits``/``misses`` count :meth:`get` results.
     """
@@ -70,7 +72,7 @@ class EmbeddingCache:
         self.max_bytes = int(max_bytes)
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
 
@@ -79,9 +81,8 @@ class EmbeddingCache:
         """Total ``nbytes`` of the stored entries."""
         return self._nbytes
 
-    def get(self, model_id: str, image_digest: str) -> Any | None:
-        """The entry for the key (now most recently used), or None."""
-        key = (model_id, image_digest)
+    def get(self, key: Hashable) -> Any | None:
+        """The entry for ``key`` (now most recently used), or None."""
         with self._lock:
             value = self._entries.get(key)
             if value is None:
@@ -91,10 +92,9 @@ class EmbeddingCache:
             self.hits += 1
             return value
 
-    def put(self, model_id: str, image_digest: str, value: Any) -> None:
+    def put(self, key: Hashable, value: Any) -> None:
         """Store (or replace) an entry, evicting least recently used ones to stay within ``max_bytes``."""
         size = int(value.nbytes)
-        key = (model_id, image_digest)
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
@@ -107,8 +107,8 @@ class EmbeddingCache:
             self._entries[key] = value
             self._nbytes += size
 
-    def __contains__(self, key: tuple[str, str]) -> bool:
-        """``(model_id, image_digest) in cache``; does not count as a hit or change the LRU order."""
+    def __contains__(self, key: Hashable) -> bool:
+        """``key in cache``; does not count as a hit or change the LRU order."""
         with self._lock:
             return key in self._entries
 

@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from ..images import image_digest, load_image
-from ..prompts import Prompt, make_prompt
+from ..instances import Instances
+from ..prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PAD, Prompt, make_prompt
 from ..registry import ArchSpec
-from .cache import DiskEmbeddingCache, Embedding, EmbeddingCache
+from .cache import DiskEmbeddingCache, Embedding, LRUCache
 from .session import Upscaler, create_session
 from .transforms import normalize_and_pad, resize_longest_side, scale_boxes, scale_coords
-
-# Point labels understood by SAM's decoder.
-PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1.0, 0.0, 1.0, 2.0, 3.0
 
 UNISAM_DECODER_INPUTS = {"image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"}
 EDGESAM_DECODER_INPUTS = {"image_embeddings", "point_coords", "point_labels"}
@@ -60,13 +58,13 @@ class Predictor:
         *,
         name: str | None = None,
         threads: int | None = None,
-        cache: EmbeddingCache | None = None,
+        cache: LRUCache | None = None,
         disk_cache: DiskEmbeddingCache | None = None,
     ):
         self.spec = spec
         self.model_id = model_id
         self.name = name or model_id
-        self.cache = cache if cache is not None else EmbeddingCache()
+        self.cache = cache if cache is not None else LRUCache()
         self.disk_cache = disk_cache
         self._encoder = create_session(encoder, threads, arena=False)
         self._decoder = create_session(decoder, threads)
@@ -111,17 +109,17 @@ class Predictor:
                 image_digest=digest,
                 extras={},
             )
-            self.cache.put(self.model_id, digest, embedding)
+            self.cache.put((self.model_id, digest), embedding)
             if self.disk_cache is not None:
                 self.disk_cache.put(embedding)
             return embedding
 
     def _cached(self, digest: str) -> Embedding | None:
-        hit = self.cache.get(self.model_id, digest)
+        hit = self.cache.get((self.model_id, digest))
         if hit is None and self.disk_cache is not None:
             hit = self.disk_cache.get(self.model_id, digest)
             if hit is not None:
-                self.cache.put(self.model_id, digest, hit)
+                self.cache.put((self.model_id, digest), hit)
         return hit
 
     # ------------------------------------------------------------------ prompt side
@@ -173,6 +171,23 @@ class Predictor:
                 results[i] = Prediction(masks=masks, scores=scores, low_res_logits=logits)
         return results  # type: ignore[return-value]
 
+    def segment_prompts(
+        self, embedding: Embedding, prompts: Sequence[Prompt], multimask: bool | None = None
+    ) -> Instances:
+        """One instance per validated prompt: its best mask by predicted IoU, at the original size.
+
+        ``multimask`` (default: only for a lone click, SAM's advice for ambiguous prompts) picks the
+        best of three candidate masks; prompts' ``label`` become ``Instances.labels``.
+        """
+        flags = [p.is_single_point if multimask is None else multimask for p in prompts]
+        predictions = self.predict_prompts(embedding, prompts, flags, best_only=True)
+        names = [p.label for p in prompts]
+        return Instances.from_masks(
+            np.stack([p.masks[0] for p in predictions]),
+            np.array([p.scores[0] for p in predictions], np.float32),
+            labels=names if any(n is not None for n in names) else None,
+        )
+
     def decode(
         self, embedding: Embedding, point_coords: np.ndarray, point_labels: np.ndarray, multimask: bool
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -205,7 +220,7 @@ class Predictor:
         coords, labels = [], []
         for p in prompts:
             c = [] if p.points is None else [scale_coords(p.points.astype(np.float32), original, size)]
-            lab = [] if p.labels is None else [p.labels.astype(np.float32)]
+            lab = [] if p.point_labels is None else [p.point_labels.astype(np.float32)]
             if has_box:
                 c.append(scale_boxes(p.box.astype(np.float32)[None], original, size).reshape(2, 2))
                 lab.append(np.array([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], np.float32))

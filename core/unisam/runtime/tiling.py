@@ -8,28 +8,56 @@ vanish. Here the image is cut into overlapping tiles (:func:`tile_boxes`), each 
   dropped (the overlap lets another tile see the whole object), and duplicates from overlapping tiles
   are removed by box NMS. An optional pass over the whole (downscaled) image adds objects too large
   for any tile, tile masks winning over it where both found the same object.
-- :func:`segment_tiled`: prompts, each decoded in the tile that contains it (the nearest such tile),
-  so a click on a large image is segmented at (near) full resolution.
+- :func:`segment_prompts_tiled`: prompts, each decoded in the tile that contains it (the nearest such
+  tile), so a click on a large image is segmented at (near) full resolution.
+
+The public entry points are ``unisam.segment(..., tiles=...)`` and ``unisam.segment_everything(...,
+tiles=...)``; these functions take a loaded image and a :class:`Predictor`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
-from ..images import load_image
-from ..instances import Instances, masks_to_boxes
+from ..instances import Instances
+from ..masks import masks_to_boxes
 from ..prompts import Prompt, collect_prompts
 from .cache import Embedding
-from .everything import is_box_near_crop_edge, nms
-from .everything import segment_everything as _segment_everything
+from .everything import EverythingParams, is_box_near_crop_edge, nms, segment_everything
 from .predictor import Predictor
 
 Box = tuple[int, int, int, int]
 # Distance (pixels) within which a mask's box counts as cut by an inner tile edge.
 TILE_EDGE_TOLERANCE = 4.0
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a large image is cut: ``size`` tile side (default the model's input size), ``overlap``
+    pixels shared by neighbouring tiles (default a quarter tile; objects up to about that size are
+    seen whole by some tile). For segment-everything, ``whole_image`` adds one pass over the whole
+    (downscaled) image for objects larger than that, and ``nms_thresh`` is the box IoU above which two
+    masks from different passes are one object (tile masks win over whole-image ones, then higher
+    scores)."""
+
+    size: int | None = None
+    overlap: int | None = None
+    whole_image: bool = True
+    nms_thresh: float = 0.7
+
+    def side(self, predictor: Predictor) -> int:
+        """The tile side for ``predictor`` (pixels)."""
+        return predictor.spec.image_size if self.size is None else int(self.size)
+
+    def tiles(self, image_size: tuple[int, int], predictor: Predictor) -> list[Box]:
+        """The tiles of an ``(H, W)`` image for ``predictor`` (see :func:`tile_boxes`)."""
+        size = self.side(predictor)
+        return tile_boxes(image_size, size, size // 4 if self.overlap is None else int(self.overlap))
 
 
 def tile_boxes(image_size: tuple[int, int], tile_size: int, overlap: int) -> list[Box]:
@@ -44,51 +72,33 @@ def tile_boxes(image_size: tuple[int, int], tile_size: int, overlap: int) -> lis
 
 
 def segment_everything_tiled(
-    image,
-    *,
-    model: Predictor | str | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    whole_image: bool = True,
-    nms_thresh: float = 0.7,
-    **params,
+    image: np.ndarray, predictor: Predictor, params: EverythingParams, tiling: Tiling, progress: bool = False
 ) -> Instances:
-    """Automatic instance masks of a large image, sorted by predicted IoU (``scores``), boxes inclusive.
+    """Automatic instance masks of a large ``(H, W, 3)`` uint8 image, sorted by predicted IoU.
 
-    tile_size: tile side (default the model's input size); overlap: pixels shared by neighbouring
-    tiles (default a quarter tile): objects up to about ``overlap`` pixels across are seen whole by
-    some tile. whole_image: also run one pass over the whole image, for objects larger than that.
-    nms_thresh: box IoU above which two masks from different tiles are one object (tile masks win
-    over whole-image ones, then higher scores). ``params`` go to
-    :func:`unisam.runtime.everything.segment_everything` for every tile (points_per_side,
-    pred_iou_thresh, stability_score_thresh, ...; the model's :func:`unisam.everything_defaults` for
-    those not given). An image no larger than one tile gives exactly :func:`unisam.segment_everything`'s
-    result.
+    Every tile (and, with ``tiling.whole_image``, the whole image) goes through
+    :func:`segment_everything` with ``params``; masks cut by an inner tile edge are dropped, duplicates
+    removed by box NMS. An image no larger than one tile gives exactly the untiled result.
     """
-    from ..api import everything_defaults
-
-    predictor = _predictor(model)
-    params = {**everything_defaults(predictor), **params}
-    image = load_image(image)
     height, width = image.shape[:2]
-    tiles = tile_boxes((height, width), *_tiling(predictor, tile_size, overlap))
+    tiles = tiling.tiles((height, width), predictor)
     if len(tiles) == 1:
-        return _segment_everything(image, predictor, **params)
+        return segment_everything(image, predictor, params, progress=progress)
     whole: Box = (0, 0, width, height)
     parts: list[tuple[Instances, Box]] = []  # each tile's masks stay tile-sized until the end
-    for tile in tiles:
-        part = _segment_everything(_crop(image, tile), predictor, **params)
+    for tile in tqdm(tiles, desc="segment everything (tiles)", unit="tile", disable=not progress):
+        part = segment_everything(_crop(image, tile), predictor, params)
         cut = is_box_near_crop_edge(_shift(part.boxes, tile), tile, whole, TILE_EDGE_TOLERANCE)
         parts.append((part[~cut], tile))
-    if whole_image:
-        parts.append((_segment_everything(image, predictor, **params), whole))
+    if tiling.whole_image:
+        parts.append((segment_everything(image, predictor, params), whole))
     boxes = np.concatenate([_shift(part.boxes, tile) for part, tile in parts])
     scores = np.concatenate([part.scores for part, _ in parts])
     from_tile = np.concatenate([np.full(len(part), tile != whole) for part, tile in parts])
     source = [(k, i) for k, (part, _) in enumerate(parts) for i in range(len(part))]
     priority = np.empty(len(scores), dtype=np.float64)  # tile masks first, then by score
     priority[np.lexsort((-scores, ~from_tile))] = -np.arange(len(scores), dtype=np.float64)
-    keep = nms(boxes, priority, nms_thresh)
+    keep = nms(boxes, priority, tiling.nms_thresh)
     keep = keep[np.argsort(-scores[keep], kind="stable")]
     masks = np.zeros((len(keep), height, width), dtype=bool)
     for mask, j in zip(masks, keep):
@@ -97,71 +107,39 @@ def segment_everything_tiled(
     return Instances(masks=masks, boxes=boxes[keep], scores=scores[keep])
 
 
-def segment_tiled(
-    image,
-    prompts: Prompt | Sequence[Prompt] | None = None,
-    *,
-    points=None,
-    labels=None,
-    box=None,
-    model: Predictor | str | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    multimask: bool | None = None,
+def segment_prompts_tiled(
+    image: np.ndarray, predictor: Predictor, prompts: Sequence[Prompt], tiling: Tiling, multimask: bool | None
 ) -> Instances:
-    """:func:`unisam.segment` for large images: each prompt is decoded in the tile of :func:`tile_boxes`
-    that contains all its points and box and whose centre is nearest to the prompt's (or, when no tile
-    contains it, in a tile-sized window centred on it, grown to hold it). Masks come back at the full
-    image size. Prompts as in :func:`unisam.segment` (pixel x, y of the full image); mask prompts are
-    not accepted (their logits belong to one embedding). Equals :func:`unisam.segment` for an image no
-    larger than one tile.
+    """Validated prompts on a large ``(H, W, 3)`` uint8 image, each decoded in the tile that contains all
+    its points and box and whose centre is nearest to the prompt's (or, when no tile contains it, in a
+    tile-sized window centred on it, grown to hold it). Masks come back at the full image size. Mask
+    prompts are refused (their logits belong to one embedding). Equals the untiled result for an image
+    no larger than one tile.
     """
-    from ..api import segment
-
-    predictor = _predictor(model)
-    image = load_image(image)
     height, width = image.shape[:2]
-    size, lap = _tiling(predictor, tile_size, overlap)
-    tiles = tile_boxes((height, width), size, lap)
-    items = collect_prompts(prompts, points, labels, box, image_size=(height, width))
+    tiles = tiling.tiles((height, width), predictor)
     parts = []
-    for p in items:
+    for p in prompts:
         if p.mask is not None:
-            raise ValueError("segment_tiled takes points and boxes, not mask prompts")
-        tile = _tile_for(_extent(p), tiles, size, (height, width))
+            raise ValueError("tiled segmentation takes points and boxes, not mask prompts")
+        tile = _tile_for(_extent(p), tiles, tiling.side(predictor), (height, width))
         shift = np.array([tile[0], tile[1]], dtype=np.float64)
         local = Prompt(
             points=None if p.points is None else p.points - shift,
-            labels=p.labels,
+            point_labels=p.point_labels,
             box=None if p.box is None else p.box - np.tile(shift, 2),
             label=p.label,
         )
-        parts.append(
-            _paste(segment(_crop(image, tile), local, model=predictor, multimask=multimask), tile, (height, width))
-        )
+        embedding = predictor.embed(_crop(image, tile))
+        local = collect_prompts(local, image_size=embedding.original_size)
+        found = predictor.segment_prompts(embedding, local, multimask)
+        parts.append(_paste(found, tile, (height, width)))
     return Instances.concat(parts)
 
 
-def embed_tiles(
-    image, *, model: Predictor | str | None = None, tile_size: int | None = None, overlap: int | None = None
-) -> Iterator[Embedding]:
-    """Embed every tile of ``image`` (as :func:`segment_everything_tiled` and :func:`segment_tiled` cut
-    it), yielding each embedding in turn, so later calls on the image hit the predictor's caches."""
-    predictor = _predictor(model)
-    image = load_image(image)
-    for tile in tile_boxes(image.shape[:2], *_tiling(predictor, tile_size, overlap)):
-        yield predictor.embed(_crop(image, tile))
-
-
-def _predictor(model: Predictor | str | None) -> Predictor:
-    from ..api import get_model  # the public API module imports this one
-
-    return get_model(model)
-
-
-def _tiling(predictor: Predictor, tile_size: int | None, overlap: int | None) -> tuple[int, int]:
-    size = predictor.spec.image_size if tile_size is None else int(tile_size)
-    return size, size // 4 if overlap is None else int(overlap)
+def embed_tiles(image: np.ndarray, predictor: Predictor, tiling: Tiling) -> list[Embedding]:
+    """The embedding of every tile of a ``(H, W, 3)`` uint8 image (as the tiled functions cut it)."""
+    return [predictor.embed(_crop(image, tile)) for tile in tiling.tiles(image.shape[:2], predictor)]
 
 
 def _starts(side: int, tile: int, overlap: int) -> list[int]:

@@ -161,7 +161,7 @@ def cmd_evaluate(args) -> None:
     _set_threads(args)
     source = _source(args)
     if args.weights:
-        from ..api import load_model
+        from ..hub import load_model
 
         model = load_model(weights=args.weights, threads=args.threads)
         name = args.weights

@@ -226,7 +226,7 @@ def _distill_student(run: _Run, teacher: Sam) -> Sam:
 def _export_and_evaluate(run: _Run) -> tuple[dict, dict, dict]:
     """Export teacher and both students to ONNX and score them through the runtime on the held-out
     set. Returns mIoU results, latency (ms) and encoder parameter counts, each keyed by model label."""
-    from ..api import load_model
+    from ..hub import load_model
     from ..models import export_onnx
     from .evaluate import evaluate, measure_latency
     from .supervised import load_trained
