@@ -20,7 +20,6 @@ import fiftyone.operators.types as types
 from fiftyone.operators.executor import ExecutionOptions
 
 import unisam
-from unisam.images import load_image
 
 from .zoo import segment_sample, to_detections
 
@@ -28,13 +27,7 @@ logger = logging.getLogger("unisam.fiftyone")
 
 WRITE_EVERY = 16  # samples computed between two database writes
 SUGGEST_DELEGATION_ABOVE = 200  # samples; immediate runs stop after fo.config.operator_timeout (600 s)
-EVERYTHING_PARAMS = {  # name -> (form label, type); defaults: unisam.everything_defaults(model)
-    "points_per_side": ("Points per side", int),
-    "pred_iou_thresh": ("Predicted IoU threshold", float),
-    "stability_score_thresh": ("Stability score threshold", float),
-    "box_nms_thresh": ("Box NMS threshold", float),
-    "min_mask_region_area": ("Min region area (pixels)", int),
-}
+EVERYTHING_OPTIONS = unisam.EverythingParams.options(common_only=True)  # the ones the form shows
 
 
 class _Segment(foo.Operator):
@@ -90,9 +83,10 @@ class _Segment(foo.Operator):
             found["view_target"] = f"unisam segments images; the target view holds {view.media_type} samples"
         elif view.count() == 0:
             found["view_target"] = "the target view has no samples: nothing to segment"
-        model = self.param(ctx, "model")
-        if model not in unisam.registry.list_models():
-            found["model"] = f"unknown model {model!r}; known: {', '.join(unisam.registry.list_models())}"
+        try:
+            unisam.model_name(self.param(ctx, "model"))
+        except ValueError as error:
+            found["model"] = str(error)
         found.update(self.own_problems(ctx))
         field = self.param(ctx, "label_field")
         schema = ctx.dataset.get_field_schema()
@@ -115,7 +109,7 @@ class _Segment(foo.Operator):
         props = {"view_target": inputs.view_target(ctx)}
         props.update(self.own_inputs(ctx, inputs))
         models = types.DropdownView()
-        for name in unisam.registry.list_models():
+        for name in unisam.list_models():
             models.add_choice(name, label=name)
         props["model"] = inputs.enum(
             "model",
@@ -168,7 +162,7 @@ class _Segment(foo.Operator):
             results = {}
             for sample in samples.select(ids[start : start + WRITE_EVERY], ordered=True):
                 try:
-                    detections = self.segment(ctx, load_image(sample.filepath), sample, predictor)
+                    detections = self.segment(ctx, unisam.load_image(sample.filepath), sample, predictor)
                 except (ValueError, OSError) as error:
                     failed[sample.id] = str(error)
                     logger.warning("unisam: skipped sample %s (%s): %s", sample.id, sample.filepath, error)
@@ -307,29 +301,33 @@ class SegmentEverything(_Segment):
         delegate: bool = False,
         **everything,
     ):
-        unknown = set(everything) - set(EVERYTHING_PARAMS)
-        if unknown:
-            raise ValueError(f"unknown parameters {sorted(unknown)}; known: {sorted(EVERYTHING_PARAMS)}")
+        unisam.EverythingParams().replace(**everything)  # unknown names or bad values raise here
         params = dict(label_field=label_field, model=model, output_dir=output_dir, overwrite=overwrite, **everything)
         return self.run_from_python(samples, params, delegate)
 
     def own_defaults(self) -> dict:
-        return dict.fromkeys(EVERYTHING_PARAMS)  # None: the model's own default
+        return dict.fromkeys(unisam.EverythingParams.names())  # None: the model's own default
 
     def own_inputs(self, ctx, inputs):
-        defaults = unisam.everything_defaults(self.param(ctx, "model"))
+        try:
+            defaults = unisam.everything_defaults(self.param(ctx, "model"))
+        except ValueError:  # an unknown model: problems() says so on the form
+            defaults = unisam.EverythingParams()
         props = {}
-        for name, (label, kind) in EVERYTHING_PARAMS.items():
-            add = inputs.int if kind is int else inputs.float
-            bounds = {"min": 1 if name == "points_per_side" else 0}
-            if kind is float:
+        for option in EVERYTHING_OPTIONS:
+            add = inputs.int if option.kind is int else inputs.float
+            bounds = {"min": 1 if option.name == "points_per_side" else 0}
+            if option.kind is float:
                 bounds["max"] = 1
-            props[name] = add(name, default=defaults[name], label=label, **bounds)
+            label = option.name.replace("_", " ").replace("thresh", "threshold").capitalize()
+            props[option.name] = add(
+                option.name, default=getattr(defaults, option.name), label=label, description=option.help, **bounds
+            )
         return props
 
     def segment(self, ctx, image, sample, predictor):
-        given = {name: self.param(ctx, name) for name in EVERYTHING_PARAMS}
-        params = {name: EVERYTHING_PARAMS[name][1](v) for name, v in given.items() if v is not None}
+        given = {name: self.param(ctx, name) for name in unisam.EverythingParams.names()}
+        params = {name: value for name, value in given.items() if value is not None}
         return to_detections(unisam.segment_everything(image, model=predictor, **params))
 
 

@@ -49,7 +49,7 @@ def point_prompts(masks: list[np.ndarray]) -> list[unisam.Prompt]:
     """The point prompts the ``kp`` field stands for: a foreground click at the centre, a background one."""
     return [
         unisam.Prompt(
-            points=np.array([centre(m), BACKGROUND_POINT], float), labels=np.array([1.0, 0.0]), label=f"click{j}"
+            points=np.array([centre(m), BACKGROUND_POINT], float), point_labels=np.array([1.0, 0.0]), label=f"click{j}"
         )
         for j, m in enumerate(masks)
     ]

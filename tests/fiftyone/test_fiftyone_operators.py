@@ -48,7 +48,7 @@ def test_app_form_lists_schema_fields_and_flags_problems(dataset):
     props = form.type.properties
     assert list(props)[0] == "view_target"
     assert props["box_field"].type.values == ["gt"] and props["point_field"].type.values == ["kp"]
-    assert props["model"].type.values == unisam.registry.list_models()
+    assert props["model"].type.values == unisam.list_models()
     assert props["box_field"].invalid and "choose a Detections field" in props["box_field"].error_message
     assert props["label_field"].invalid and "'gt' already exists" in props["label_field"].error_message
     json.dumps(form.to_json())  # what the App receives
@@ -57,7 +57,7 @@ def test_app_form_lists_schema_fields_and_flags_problems(dataset):
     assert not options.default_choice_to_delegated  # proposed only for large views
     everything = asyncio.run(resolve_type(foo.OperatorRegistry(), EVERYTHING, request)).type.properties
     for name in ("pred_iou_thresh", "stability_score_thresh", "points_per_side"):
-        assert everything[name].default == unisam.everything_defaults(unisam.default_model())[name]
+        assert everything[name].default == getattr(unisam.everything_defaults(unisam.default_model()), name)
 
 
 def test_app_run_streams_progress_then_notifies(dataset):
@@ -103,7 +103,7 @@ def test_keypoints_with_polarity_and_paired_prompts(dataset, scenes):
         points = point_prompts(masks)
         assert_matches_core(clicks[path], unisam.segment(path, points), [p.label for p in points])
         paired = [
-            unisam.Prompt(points=p.points, labels=p.labels, box=b.box, label=b.label)
+            unisam.Prompt(points=p.points, point_labels=p.point_labels, box=b.box, label=b.label)
             for p, b in zip(points, box_prompts(masks))
         ]
         assert_matches_core(both[path], unisam.segment(path, paired), [p.label for p in paired])

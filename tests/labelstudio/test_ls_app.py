@@ -161,7 +161,7 @@ NO_BRUSH = '<View><Image name="image" value="$image"/><KeyPointLabels name="poin
         ({**INTERACTIVE, "tasks": INTERACTIVE["tasks"] * 2}, 400, "exactly one task"),
         ({**BATCH, "tasks": {"id": 1}}, 400, "'tasks' must be a list"),
         ({**BATCH, "tasks": [{"id": 1, "data": {}}]}, 200, "no 'image' in its data"),
-        ({**SETUP, "extra_params": {"points_per_side": 8, "size": 3}}, 400, "unknown segment-everything parameters"),
+        ({**SETUP, "extra_params": {"points_per_side": 8, "size": 3}}, 400, "unknown segment-everything options"),
         ({**SETUP, "extra_params": {"label": "Dog"}}, 400, "'Dog' is not a label"),
     ],
 )

@@ -32,7 +32,7 @@ def test_keypoints_and_last_box_to_pixels():
 def test_is_positive_missing_means_a_positive_click():
     region = keypoint(10, 10, SIZE)
     del region["is_positive"]
-    assert parse_context({"result": [region]}).labels.tolist() == [1]
+    assert parse_context({"result": [region]}).point_labels.tolist() == [1]
 
 
 def test_rotated_rectangle_becomes_the_bounding_box_of_its_corners():
@@ -135,5 +135,5 @@ def test_settings_from_environment():
     assert (settings.label_studio_url, settings.api_key, settings.basic_auth) == ("http://primary:8080", "key", None)
     with pytest.raises(ValueError, match="not valid JSON"):
         Settings.from_env({"UNISAM_EVERYTHING_PARAMS": "{points"})
-    with pytest.raises(ValueError, match=r"unknown segment-everything parameters \['points'\]"):
+    with pytest.raises(ValueError, match=r"unknown segment-everything options \['points'\]"):
         check_everything_params({"points": 3}, "extra params")

@@ -81,7 +81,7 @@ def test_prompts_on_the_current_slice():
     np.testing.assert_array_equal(on_slice(points, 1), [False, True, True, False])
     prompt = prompt_on_slice(points, positive, boxes, 1, (40, 50))
     np.testing.assert_array_equal(prompt.points, [[8.5, 7.5], [10.5, 9.5]])
-    np.testing.assert_array_equal(prompt.labels, [1, 0])
+    np.testing.assert_array_equal(prompt.point_labels, [1, 0])
     np.testing.assert_array_equal(prompt.box, [3.5, 2.5, 30.5, 20.5])
     only_box = prompt_on_slice(points[:0], positive[:0], boxes, 2, (40, 50))
     assert only_box.points is None and only_box.box.tolist() == [0.5, 0.5, 9.5, 9.5]

@@ -10,9 +10,7 @@ from napari.utils.notifications import NotificationSeverity, notification_manage
 from scipy import ndimage
 
 import unisam
-from unisam.images import load_image
-from unisam.runtime.propagate import propagate
-from unisam.runtime.tiling import segment_everything_tiled, segment_tiled
+from unisam import load_image
 from unisam.data.synthetic import generate_sample, generate_sequence
 from unisam_napari._sample_data import IMAGE_SEED, STACK_SEED
 from unisam_napari._widget import UnisamWidget
@@ -98,7 +96,7 @@ def test_prompts_give_the_core_mask_then_commit_and_clear(make_napari_viewer, nu
 
     r, c = centre(nuclei.masks[biggest[0]])
     points.add([[r, c]])  # a positive click: current_object updates at once
-    expected = unisam.segment(nuclei.image, points=[[c + 0.5, r + 0.5]], labels=[1], model=model).masks[0]
+    expected = unisam.segment(nuclei.image, points=[[c + 0.5, r + 0.5]], point_labels=[1], model=model).masks[0]
     np.testing.assert_array_equal(current.data > 0, expected)
     assert iou(current.data > 0, nuclei.masks[biggest[0]]) > 0.5
 
@@ -106,7 +104,7 @@ def test_prompts_give_the_core_mask_then_commit_and_clear(make_napari_viewer, nu
     corners = [[rows.min() - 1, cols.min() - 1], [rows.max() + 1, cols.max() + 1]]
     boxes.add_rectangles(np.array([corners]))
     box = [cols.min() - 0.5, rows.min() - 0.5, cols.max() + 1.5, rows.max() + 1.5]
-    expected = unisam.segment(nuclei.image, points=[[c + 0.5, r + 0.5]], labels=[1], box=box, model=model).masks[0]
+    expected = unisam.segment(nuclei.image, points=[[c + 0.5, r + 0.5]], point_labels=[1], box=box, model=model).masks[0]
     np.testing.assert_array_equal(current.data > 0, expected)
     assert iou(current.data > 0, nuclei.masks[biggest[0]]) > 0.5
 
@@ -143,7 +141,7 @@ def test_polarity_shortcut_makes_negative_points(make_napari_viewer, nuclei):
     expected = unisam.segment(
         nuclei.image,
         points=[[c + 0.5, r + 0.5], [far[1] + 0.5, far[0] + 0.5]],
-        labels=[1, 0],
+        point_labels=[1, 0],
         model=widget._predictor(),
     ).masks[0]
     np.testing.assert_array_equal(current.data > 0, expected)
@@ -171,8 +169,8 @@ def test_propagation_fills_the_stack(make_napari_viewer, qtbot):
     widget.propagate()
     wait_for(widget, qtbot)
     committed = viewer.layers["committed_objects"].data == 1
-    expected = propagate(stack, mid, committed[mid], model=widget._predictor())
-    np.testing.assert_array_equal(committed, expected.masks)
+    expected = unisam.propagate(stack, mid, committed[mid], model=widget._predictor())
+    np.testing.assert_array_equal(committed, [frame.to_label_image() == 1 for frame in expected])
     good = [z for z in range(12) if iou(committed[z], truth[z]) > 0.5]
     assert len(good) >= 6 and mid in good, [round(iou(committed[z], truth[z]), 2) for z in range(12)]
 
@@ -183,7 +181,7 @@ def test_segment_all_fills_a_labels_layer_plain_and_tiled(make_napari_viewer, qt
     widget = UnisamWidget(viewer)
     widget.segment_all()
     wait_for(widget, qtbot)
-    params = {**unisam.everything_defaults(unisam.default_model()), "points_per_side": 16}
+    params = {"points_per_side": 16}  # the widget's default; the rest: the model's
     expected = unisam.segment_everything(nuclei.image, model=widget._predictor(), **params)
     labels = viewer.layers["unisam_segmentation"].data
     np.testing.assert_array_equal(labels, expected.to_label_image())
@@ -193,31 +191,33 @@ def test_segment_all_fills_a_labels_layer_plain_and_tiled(make_napari_viewer, qt
     viewer.layers.clear()
     viewer.add_image(big.image, name="big")
     widget.tiled.value = True
-    widget.points_per_side.value = 8
+    widget.everything["points_per_side"].value = 8
     widget.segment_all()
     wait_for(widget, qtbot)
     params["points_per_side"] = 8
-    tiled = segment_everything_tiled(big.image, model=widget._predictor(), **params)
+    tiled = unisam.segment_everything(big.image, model=widget._predictor(), tiles=True, **params)
     np.testing.assert_array_equal(viewer.layers["unisam_segmentation"].data, tiled.to_label_image())
     r, c = centre(big.masks[isolated(big)[0]])
     viewer.layers["point_prompts"].add([[r, c]])  # in tiled mode a click is decoded in its tile
-    expected = segment_tiled(big.image, points=[[c + 0.5, r + 0.5]], model=widget._predictor()).masks[0]
+    expected = unisam.segment(big.image, points=[[c + 0.5, r + 0.5]], model=widget._predictor(), tiles=True).masks[0]
     np.testing.assert_array_equal(viewer.layers["current_object"].data > 0, expected)
     assert iou(expected, big.masks[isolated(big)[0]]) > 0.5
 
 
-def test_embeddings_are_cached_on_disk(make_napari_viewer, qtbot, nuclei, embedding_cache):
+def test_embeddings_are_cached_on_disk(make_napari_viewer, qtbot, nuclei, embedding_cache, monkeypatch):
     viewer = make_napari_viewer()
     viewer.add_image(nuclei.image, name="nuclei")
     first = UnisamWidget(viewer)
     first.embed()
     wait_for(first, qtbot)
-    assert first._predictor().encoder_runs == 1
+    before = first._predictor()
+    assert before.encoder_runs == 1
     assert len(list(embedding_cache.glob("*/*.npz"))) == 1
-    second = UnisamWidget(viewer)  # a fresh predictor, as after restarting napari
+    monkeypatch.setattr(unisam.hub, "_shared", {})  # no shared predictors, as after restarting napari
+    second = UnisamWidget(viewer)
     second.embed()
     wait_for(second, qtbot)
-    assert second._predictor() is not first._predictor()
+    assert second._predictor() is not before
     assert second._predictor().encoder_runs == 0
     viewer.layers["point_prompts"].add([list(centre(nuclei.masks[0]))])
     assert viewer.layers["current_object"].data.any() and second._predictor().encoder_runs == 0

@@ -15,19 +15,16 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import unisam
 from label_studio_sdk.label_interface import LabelInterface
-from unisam.registry import list_models
 
 from .images import ImageError, TaskImages
 from .regions import brush_region, parse_context
 
 logger = logging.getLogger(__name__)
 
-EVERYTHING_PARAMS = frozenset(unisam.everything_defaults(unisam.registry.BUNDLED_MODEL))  # the names
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
 
 
@@ -73,13 +70,13 @@ class Settings:
 
 
 def check_everything_params(params: object, source: str) -> dict:
-    """Validate segment-everything parameters (names of :func:`unisam.segment_everything`'s options)."""
+    """Validate segment-everything options (:class:`unisam.EverythingParams` names and values)."""
     if not isinstance(params, Mapping):
         raise ValueError(f"{source} must be a JSON object of segment-everything parameters; got {params!r}")
-    unknown = sorted(set(params) - EVERYTHING_PARAMS)
-    if unknown:
-        known = sorted(EVERYTHING_PARAMS)
-        raise ValueError(f"{source}: unknown segment-everything parameters {unknown}; known: {known}")
+    try:
+        unisam.EverythingParams().replace(**params)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{source}: {error}") from None
     return dict(params)
 
 
@@ -154,15 +151,8 @@ class UnisamBackend:
         self._lock = threading.Lock()  # guards _projects
         self._model_lock = threading.Lock()  # a slow model load must not block /setup
         self._predictor: unisam.Predictor | None = None
-        choice = Path(self.settings.model) if self.settings.model else None
-        self._export_dir = choice if choice is not None and choice.is_dir() else None
         #: the configured model: a registered name, or the name of an export directory
-        self.model_name = self._export_dir.name if self._export_dir else self.settings.model or unisam.default_model()
-        if self._export_dir is None and self.model_name not in list_models():
-            raise ValueError(
-                f"unknown model {self.model_name!r}: give a registered model ({', '.join(list_models())}) "
-                "or a directory written by `unisam export`"
-            )
+        self.model_name = unisam.model_name(self.settings.model)
 
     # ------------------------------------------------------------------ model
     @property
@@ -181,10 +171,7 @@ class UnisamBackend:
         with self._model_lock:
             if self._predictor is None:
                 try:
-                    if self._export_dir is not None:
-                        self._predictor = unisam.load_model(weights=self._export_dir)
-                    else:
-                        self._predictor = unisam.get_model(self.model_name)
+                    self._predictor = unisam.get_model(self.settings.model)
                 except Exception as error:
                     raise RuntimeError(f"cannot load model {self.model_name!r}: {error}") from error
             return self._predictor
@@ -269,8 +256,9 @@ class UnisamBackend:
         target = BrushTarget.from_config(label_config, clicks.to_name)
         label = target.check_label(clicks.label)
         image = self._image(task, target.data_key, setup)
-        points, labels, box = clicks.in_pixels(width=image.shape[1], height=image.shape[0])
-        found = unisam.segment(image, unisam.Prompt(points, labels, box, label=label), model=self.predictor)
+        points, point_labels, box = clicks.in_pixels(width=image.shape[1], height=image.shape[0])
+        prompt = unisam.Prompt(points=points, point_labels=point_labels, box=box, label=label)
+        found = unisam.segment(image, prompt, model=self.predictor)
         score = float(found.scores[0])
         region = brush_region(
             found.masks[0], from_name=target.from_name, to_name=target.to_name, label=label, score=score

@@ -20,8 +20,7 @@ import jwt
 import numpy as np
 import requests
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path
-from unisam.images import load_image
-from unisam.runtime.cache import EmbeddingCache
+from unisam import LRUCache, load_image
 
 
 class ImageError(Exception):
@@ -33,7 +32,7 @@ class TaskImages:
     so repeated clicks on one image neither download nor decode it again. Thread-safe."""
 
     def __init__(self, max_bytes: int = 256 * 2**20):
-        self._cache = EmbeddingCache(max_bytes)
+        self._cache = LRUCache(max_bytes)
         self._tokens = AccessTokens()
 
     def load(self, url: str, *, hostname: str | None, token: str | None, task_id: int | None = None) -> np.ndarray:
@@ -41,11 +40,11 @@ class TaskImages:
         (http[s]://host:port), ``token``: its access token. Raises :class:`ImageError`."""
         if not isinstance(url, str) or not url:
             raise ImageError(f"task {task_id} has no image URL (got {url!r})")
-        image = self._cache.get(hostname or "", url)
+        image = self._cache.get((hostname or "", url))
         if image is None:
             image = self._download(url, hostname or "", self._tokens.access(hostname or "", token or ""), task_id)
             image.flags.writeable = False  # shared between requests
-            self._cache.put(hostname or "", url, image)
+            self._cache.put((hostname or "", url), image)
         return image
 
     def _download(self, url: str, hostname: str, token: str, task_id: int | None) -> np.ndarray:

@@ -22,14 +22,14 @@ BOX_TYPES = ("rectanglelabels", "rectangle")
 class Clicks:
     """One object prompted with smart tools, in Label Studio's percent coordinates.
 
-    points: (N, 2) float x, y percent, or None; labels: (N,) 1 = positive click, 0 = negative, or None;
+    points: (N, 2) float x, y percent, or None; point_labels: (N,) 1 = positive click, 0 = negative, or None;
     box: (4,) float x, y, width, height percent and rotation: its degrees (the last rectangle), or None;
     label: the label the annotator chose (from the last region), or None; to_name: the image tag's
     name; original_size: (width, height) pixels of the image as Label Studio shows it, or None.
     """
 
     points: np.ndarray | None
-    labels: np.ndarray | None
+    point_labels: np.ndarray | None
     box: np.ndarray | None
     rotation: float
     label: str | None
@@ -37,7 +37,7 @@ class Clicks:
     original_size: tuple[int, int] | None
 
     def in_pixels(self, width: int, height: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-        """(points (N, 2) x, y pixels, labels (N,), box x1, y1, x2, y2 pixels) for a ``width`` x
+        """(points (N, 2) x, y pixels, point_labels (N,), box x1, y1, x2, y2 pixels) for a ``width`` x
         ``height`` image; a rotated box becomes the bounding box of its corners, clipped to the image.
         Raises ValueError when Label Studio's original size disagrees with the image."""
         if self.original_size is not None and self.original_size != (width, height):
@@ -49,7 +49,7 @@ class Clicks:
         size = np.array([width, height], np.float64)
         points = None if self.points is None else self.points * size / 100
         box = None if self.box is None else _box_pixels(self.box * np.tile(size, 2) / 100, self.rotation, width, height)
-        return points, self.labels, box
+        return points, self.point_labels, box
 
 
 def parse_context(context: object) -> Clicks:
@@ -89,7 +89,7 @@ def parse_context(context: object) -> Clicks:
         )
     return Clicks(
         points=np.array(points, np.float64) if points else None,
-        labels=np.array(labels, np.float64) if points else None,
+        point_labels=np.array(labels, np.float64) if points else None,
         box=box,
         rotation=rotation,
         label=label,

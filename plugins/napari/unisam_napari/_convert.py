@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unisam import Prompt
-from unisam.images import load_image
+from unisam import Prompt, load_image
 
 MAX_CHANNELS = 3  # grey layers composed into the R, G and B planes the model sees
 
@@ -166,4 +165,4 @@ def prompt_on_slice(
         return None
     xy = pixels_to_xy(rows_cols) if here.any() else None
     labels = np.asarray(positive, dtype=bool)[here].astype(np.float64) if here.any() else None
-    return Prompt(points=xy, labels=labels, box=box)
+    return Prompt(points=xy, point_labels=labels, box=box)

@@ -21,10 +21,6 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 import unisam
-from unisam.registry import list_models
-from unisam.runtime.propagate import propagate_steps
-from unisam.runtime.tiling import embed_tiles, segment_everything_tiled, segment_tiled
-from unisam.weights import WeightsNotFoundError, cache_dir
 
 from ._convert import ImageSource, image_source, prompt_on_slice
 
@@ -42,7 +38,7 @@ def _reported(action):
     def run(self, *args, **kwargs):
         try:
             return action(self, *args, **kwargs)
-        except (ValueError, WeightsNotFoundError) as error:
+        except (ValueError, unisam.WeightsNotFoundError) as error:
             show_error(f"unisam: {error}")
             return None
 
@@ -55,15 +51,14 @@ class UnisamWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer, embedding_dir: str | Path | None = None):
         super().__init__()
         self.viewer = napari_viewer
-        self.embedding_dir = Path(embedding_dir) if embedding_dir else cache_dir() / "embeddings"
+        self.embedding_dir = Path(embedding_dir) if embedding_dir else unisam.cache_dir() / "embeddings"
         self.worker = None  # the running background job, if any
-        self._predictors: dict[str, unisam.Predictor] = {}
         self._muted = False  # set while the widget itself edits the prompt layers
 
         self.images = Select(label="image layer(s)", choices=self._image_choices, allow_multiple=True)
         self.images.tooltip = "one layer (grey or RGB), or 2-3 grey layers used as channels; none = topmost image"
         self.images.native.setMaximumHeight(90)
-        self.model = ComboBox(label="model", choices=list_models(), value=unisam.default_model())
+        self.model = ComboBox(label="model", choices=unisam.list_models(), value=unisam.default_model())
         self.tiled = CheckBox(text="large image: work in tiles")
         self.polarity = Label(value="new points: positive")
         buttons = {
@@ -76,9 +71,8 @@ class UnisamWidget(Container):
             "segment_all": "Segment all",
         }
         self.buttons = {name: PushButton(text=text) for name, text in buttons.items()}
-        self.points_per_side = SpinBox(label="points per side", value=16, min=2, max=64)  # 32 is SAM's; 16 is 4x faster
-        self.pred_iou_thresh = FloatSpinBox(label="min predicted IoU", min=0.0, max=1.0, step=0.05)
-        self.stability_thresh = FloatSpinBox(label="min stability", min=0.0, max=1.0, step=0.05)
+        self.everything = {option.name: _option_box(option) for option in unisam.EverythingParams.options(True)}
+        self.everything["points_per_side"].value = 16  # 32 is SAM's; 16 is 4x faster
         self._use_model_thresholds()
         self.model.changed.connect(self._use_model_thresholds)
         self.extend(
@@ -89,9 +83,7 @@ class UnisamWidget(Container):
                 self.buttons["embed"],
                 self.polarity,
                 *(self.buttons[n] for n in ("segment", "toggle_polarity", "commit", "clear_prompts", "propagate")),
-                self.points_per_side,
-                self.pred_iou_thresh,
-                self.stability_thresh,
+                *self.everything.values(),
                 self.buttons["segment_all"],
             ]
         )
@@ -114,11 +106,7 @@ class UnisamWidget(Container):
 
         def work():
             for z in range(source.n_slices):
-                image = source.image(z)
-                if tiled:
-                    yield from embed_tiles(image, model=predictor)
-                else:
-                    yield predictor.embed(image)
+                yield from unisam.embed(source.image(z), model=predictor, tiles=tiled)
 
         total = 0 if tiled else source.n_slices  # 0: tile count unknown here, an indeterminate bar
         self._start(work, total, "unisam: computing embeddings")
@@ -136,8 +124,8 @@ class UnisamWidget(Container):
         data[...] = 0
         mask = None
         if prompt is not None:
-            run = segment_tiled if self.tiled.value else unisam.segment
-            mask = run(source.image(z), prompt, model=self._predictor()).masks[0]
+            found = unisam.segment(source.image(z), prompt, model=self._predictor(), tiles=self.tiled.value)
+            mask = found.masks[0]
             data[(z,) if source.is_stack else ()][mask] = 1
         current.refresh()
         return mask
@@ -198,11 +186,13 @@ class UnisamWidget(Container):
         predictor = self._predictor()
 
         def work():
-            yield from propagate_steps(source.frames(), z, start_mask, model=predictor)
+            steps = unisam.propagate(source.frames(), z, start_mask, model=predictor, object_id=object_id, stream=True)
+            yield from (step for step in steps if step[0] != z)
 
-        def paint(step) -> None:  # other committed objects keep their pixels
-            target = committed.data[step.index]
-            target[step.mask & (target == 0)] = object_id
+        def paint(step: tuple[int, unisam.Instances]) -> None:  # other committed objects keep their pixels
+            index, found = step
+            target = committed.data[index]
+            target[found.masks[0] & (target == 0)] = object_id
             committed.refresh()
 
         self._start(work, source.n_slices - 1, "unisam: propagating", on_yield=paint)
@@ -213,16 +203,11 @@ class UnisamWidget(Container):
         ``unisam_segmentation``."""
         source, layer = self._source()
         z = self._slice(source, layer)
-        image, predictor = source.image(z), self._predictor()
-        params = dict(
-            points_per_side=self.points_per_side.value,
-            pred_iou_thresh=self.pred_iou_thresh.value,
-            stability_score_thresh=self.stability_thresh.value,
-        )
-        run = segment_everything_tiled if self.tiled.value else unisam.segment_everything
+        image, predictor, tiled = source.image(z), self._predictor(), self.tiled.value
+        params = {name: box.value for name, box in self.everything.items()}
 
         def work():
-            yield run(image, model=predictor, **params)
+            yield unisam.segment_everything(image, model=predictor, tiles=tiled, **params)
 
         def show(instances: unisam.Instances) -> None:
             labels = self._labels_layer(SEGMENTATION, source, layer)
@@ -236,8 +221,9 @@ class UnisamWidget(Container):
     def _use_model_thresholds(self, _value=None) -> None:
         """Segment-all thresholds: the chosen model's own defaults (:func:`unisam.everything_defaults`)."""
         defaults = unisam.everything_defaults(self.model.value)
-        self.pred_iou_thresh.value = defaults["pred_iou_thresh"]
-        self.stability_thresh.value = defaults["stability_score_thresh"]
+        for name, box in self.everything.items():
+            if name != "points_per_side":
+                box.value = getattr(defaults, name)
 
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
@@ -262,10 +248,7 @@ class UnisamWidget(Container):
         return source, layers[0]
 
     def _predictor(self) -> unisam.Predictor:
-        name = self.model.value
-        if name not in self._predictors:
-            self._predictors[name] = unisam.load_model(name, disk_cache=self.embedding_dir)
-        return self._predictors[name]
+        return unisam.get_model(self.model.value, disk_cache=self.embedding_dir)
 
     def _slice(self, source: ImageSource, layer: Image) -> int | None:
         """The stack slice shown in the viewer (None for a 2D image)."""
@@ -353,6 +336,18 @@ class UnisamWidget(Container):
 
     def _finished(self) -> None:
         self.worker = None
+
+
+def _option_box(option) -> SpinBox | FloatSpinBox:
+    """A spin box for one :class:`unisam.EverythingParams` option (its help as the tooltip)."""
+    label = option.name.replace("_", " ").replace("thresh", "threshold")
+    if option.kind is int:
+        box = SpinBox(label=label, value=int(option.default), min=1 if option.name == "points_per_side" else 0,
+                      max=64 if option.name == "points_per_side" else 10**6)
+    else:
+        box = FloatSpinBox(label=label, value=option.default, min=0.0, max=1.0, step=0.05)
+    box.tooltip = option.help
+    return box
 
 
 def _call(widget: UnisamWidget, action: str, _viewer=None) -> None:
