@@ -22,6 +22,8 @@ module each:
 Shared pieces: :mod:`.noise` (random draws, noise textures, illumination), :mod:`.bodies` (outlines,
 poses, motion, placement), :mod:`.render` (z-buffer and :class:`~.render.Scene`, the renderer of
 every kind), :mod:`.camera` (blur, JPEG, fluorescence cameras), :mod:`.coco` (COCO export).
+:mod:`.tracking` (:func:`generate_tracking_scene`) builds tracking scenes whose truth is a
+:class:`unisam.tracks.Tracks`: nuclei that touch, cross, leave, enter and divide, with lineage.
 
 ``Sample.image`` is what a user would load from a file; ``unisam.images.load_image`` turns any of
 them into the RGB uint8 the model sees. ``Sample.masks`` holds the *visible* part of each object
@@ -52,9 +54,10 @@ from .nuclei import nuclei
 from .render import Scene
 from .sample import KINDS, MIN_AREA, Sample, collect
 from .shapes import shapes
+from .tracking import EVENTS, TrackingScene, generate_tracking_scene
 
-__all__ = ["KINDS", "MIN_AREA", "Sample", "SyntheticDataset", "contact_sheet", "generate_sample",
-           "generate_sequence", "write_coco"]
+__all__ = ["EVENTS", "KINDS", "MIN_AREA", "Sample", "SyntheticDataset", "TrackingScene", "contact_sheet",
+           "generate_sample", "generate_sequence", "generate_tracking_scene", "write_coco"]
 
 BUILDERS: dict[str, Callable[[np.random.Generator, tuple[int, int], bool], Scene]] = {
     "shapes": shapes, "nuclei": nuclei, "cells": cells, "brightfield": brightfield,
