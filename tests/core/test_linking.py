@@ -179,6 +179,19 @@ def test_crossing_objects_keep_their_ids_with_the_motion_model(seed):
     assert_one_to_one(ids, link(found))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_every_link_above_min_iou_is_taken_and_none_below(method):
+    a, b, c = (np.zeros((1, 30, 30), bool) for _ in range(3))
+    a[0, 5:15, 5:15] = True
+    b[0, 5:15, 10:20] = True  # IoU with a: 50 / 150 = 0.33
+    c[0, 5:15, 12:22] = True  # IoU with a: 30 / 170 = 0.18
+    for shifted, kept in ((b, True), (c, False)):
+        tracks = link([Instances.from_masks(a), Instances.from_masks(shifted)], method=method, min_iou=0.3)
+        assert (tracks[1].ids[0] == tracks[0].ids[0]) == kept
+        assert (link([Instances.from_masks(a), Instances.from_masks(shifted)], method=method, min_iou=0.15)[1].ids[0]
+                == 1)
+
+
 def test_features_decide_between_equally_overlapping_objects():
     h, w = 20, 20
     a, b, p, q = (np.zeros((h, w), bool) for _ in range(4))

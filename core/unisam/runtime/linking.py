@@ -273,11 +273,13 @@ def _link_laptrack(objects: list[_Frame], min_iou: float, weight: float, max_gap
         inside = pair(t1, t2)[1][i, j]
         return 1 - inside if inside >= min_split else _NEVER
 
-    # Start, end and no-split costs of 0.5 make every allowed link (cost < 1) worth taking.
+    # laptrack takes a link (cost c) over ending one track and starting another when c plus the
+    # matrix's least entry is below the end + start costs: costs of 1 (the cutoff) take every allowed one.
+    alternatives = dict(track_start_cost=1.0, track_end_cost=1.0, segment_start_cost=1.0, segment_end_cost=1.0,
+                        no_splitting_cost=1.0)
     tracker = LapTrack(metric=cost, cutoff=1.0, gap_closing_metric=cost, gap_closing_cutoff=1.0,
                        gap_closing_max_frame_count=max_gap + 1, splitting_metric=split_cost,
-                       splitting_cutoff=1 - min_split + 1e-9, merging_cutoff=False, track_start_cost=0.5,
-                       track_end_cost=0.5, segment_start_cost=0.5, segment_end_cost=0.5, no_splitting_cost=0.5)
+                       splitting_cutoff=1 - min_split + 1e-9, merging_cutoff=False, **alternatives)
     coords = [np.stack([np.full(len(f), t), np.arange(len(f))], 1).astype(np.float64) for t, f in enumerate(objects)]
     tree = tracker.predict(coords)  # nodes (frame, index), edges forward in time
     splits = [node for node in tree if tree.out_degree(node) > 1]
