@@ -4,11 +4,13 @@
 >>> result = unisam.segment("examples/nuclei.png", points=[[334, 303]])      # -> Instances
 >>> found = unisam.segment_everything("examples/nuclei.png", points_per_side=16)
 >>> model = unisam.get_model()                     # the shared default (bundled unisam-tiny offline)
+>>> tracks = unisam.track("cells.mp4", [unisam.Prompt(box=[10, 20, 60, 70])])  # -> Tracks, ids per frame
 
 Everything a host adapter needs is a name of this package; the submodules are the implementation.
 """
 
 from .api import embed, everything_defaults, propagate, segment, segment_everything
+from .frames import Frames, open_frames
 from .hub import default_model, get_model, load_model, model_name
 from .images import load_image
 from .instances import Instances
@@ -18,13 +20,16 @@ from .registry import list_models
 from .runtime.cache import Embedding, LRUCache
 from .runtime.everything import EverythingParams
 from .runtime.predictor import Prediction, Predictor
-from .runtime.propagate import StopRules
 from .runtime.tiling import Tiling
+from .runtime.track import StopRules, TrackRules
+from .track import track
+from .tracks import Tracks
 from .weights import WeightsNotFoundError, cache_dir
 
 __all__ = [
     "Embedding",
     "EverythingParams",
+    "Frames",
     "Instances",
     "LRUCache",
     "Prediction",
@@ -32,6 +37,8 @@ __all__ = [
     "Prompt",
     "StopRules",
     "Tiling",
+    "TrackRules",
+    "Tracks",
     "WeightsNotFoundError",
     "cache_dir",
     "default_model",
@@ -43,7 +50,9 @@ __all__ = [
     "load_model",
     "masks_to_boxes",
     "model_name",
+    "open_frames",
     "propagate",
     "segment",
     "segment_everything",
+    "track",
 ]

@@ -26,6 +26,7 @@ from .runtime.cache import Embedding
 from .runtime.everything import EverythingParams
 from .runtime.everything import segment_everything as _segment_everything
 from .runtime.propagate import StopRules, check_start, propagate_object
+from .runtime.track import merge
 from .runtime.tiling import Tiling, embed_tiles, segment_everything_tiled, segment_prompts_tiled
 
 Tiles = bool | Tiling | None
@@ -114,34 +115,22 @@ def propagate(
     stream: bool = False,
     **rules: Any,
 ) -> list[Instances] | Iterator[tuple[int, Instances]]:
-    """Follow the object of ``mask`` (H, W) bool on slice ``start`` through ``frames`` in both directions.
+    """Follow the object of ``mask`` (H, W) bool on slice ``start`` through ``frames`` in both directions
+    (the one-object case of :func:`unisam.track`).
 
     frames: a (Z, H, W) or (Z, H, W, C) array, or a sequence of Z images of one size (read lazily, one
     at a time). Returns one :class:`Instances` per frame: the object with ``ids == [object_id]`` where it
     was found (score: predicted IoU, 1.0 on the start slice), empty elsewhere. ``stream=True`` instead
     yields ``(frame index, Instances)`` as frames are reached (start, upwards, then downwards), for
-    progress and early stopping. ``rules``: :class:`~unisam.runtime.propagate.StopRules` by name
-    (score_threshold 0.75, min_overlap 0.3, min_area 1, n_points 1, use_mask_input False).
+    progress and early stopping. ``rules``: :class:`~unisam.runtime.track.StopRules` by name
+    (score_threshold 0.75, min_overlap 0.3, min_area 1, n_points 1, use_mask_input False, patience 0,
+    max_area_change inf, motion 0).
     """
     predictor = get_model(model)
     stop = StopRules.from_options(**rules)
     mask = check_start(len(frames), start, mask)
-    steps = _propagation(frames, start, mask, predictor, stop, object_id)
-    if stream:
-        return steps
-    found = [Instances.empty(*mask.shape) for _ in range(len(frames))]
-    for index, instances in steps:
-        found[index] = instances
-    return found
-
-
-def _propagation(frames, start, mask, predictor, stop: StopRules, object_id: int) -> Iterator[tuple[int, Instances]]:
-    def one(m: np.ndarray, score: float) -> Instances:
-        return Instances.from_masks(m[None], np.array([score], np.float32), ids=np.array([object_id]))
-
-    yield start, one(mask, 1.0)
-    for index, m, score in propagate_object(frames, start, mask, predictor, stop):
-        yield index, one(m, score)
+    steps = propagate_object(frames, start, mask, predictor, stop, object_id)
+    return steps if stream else merge(steps, len(frames), mask.shape)
 
 
 def _tiling(tiles: Tiles) -> Tiling | None:
