@@ -50,6 +50,19 @@ class Tracks(list):
                 out[i] = (out[i][0], t) if i in out else (t, t)
         return out
 
+    def centroids(self) -> np.ndarray:
+        """``(M, 4)`` float64 rows ``(id, frame, y, x)``: each object's mask centroid (pixel centres,
+        0-based) on each frame where it is present, sorted by id then frame; the table a napari
+        ``Tracks`` layer takes, with ``lineage`` inverted as its ``graph`` ({child: [parent]})."""
+        rows = []
+        for t, frame in enumerate(self):
+            for i, mask in zip(frame.ids.tolist(), frame.masks):
+                ys, xs = np.nonzero(mask)
+                if len(ys):
+                    rows.append((i, t, ys.mean(), xs.mean()))
+        table = np.array(rows, np.float64).reshape(-1, 4)
+        return table[np.lexsort((table[:, 1], table[:, 0]))]
+
     def to_label_stack(self) -> np.ndarray:
         """``(T, H, W)`` int32: 0 background, the track id inside each mask (ids must be > 0; where
         masks overlap, the higher-scoring one wins, see :meth:`Instances.to_label_image`)."""

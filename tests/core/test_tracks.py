@@ -45,6 +45,17 @@ def test_label_stack_round_trip_ids_and_spans():
     assert isinstance(tracks, list) and all(isinstance(f, Instances) for f in tracks)
 
 
+def test_centroids_are_id_frame_y_x_rows_sorted_by_id_then_frame():
+    table = Tracks.from_label_stack(hand_stack(), LINEAGE).centroids()
+    assert table.shape == (4 + 5 + 2 + 2, 4)
+    assert table[:, 0].tolist() == [1] * 4 + [3] * 5 + [5] * 2 + [6] * 2
+    assert table[:4, 1].tolist() == [0, 1, 2, 3]  # object 1 on frames 0..3
+    assert 2 not in table[table[:, 0] == 3, 1]  # object 3 is absent on frame 2
+    assert table[0, 2:].tolist() == [4.5, 4.5]  # rows 2..7, columns 2..7
+    assert table[3, 2:].tolist() == [4.5, 7.5]  # moved right by 3
+    assert Tracks([Instances.empty(H, W)]).centroids().shape == (0, 4)
+
+
 def test_mot_csv_has_one_based_frames_and_pixel_edge_boxes(tmp_path):
     tracks = Tracks.from_label_stack(hand_stack())
     rows = list(csv.reader(tracks.write_mot(tmp_path / "mot.txt").open()))
