@@ -1,13 +1,16 @@
-"""unisam FiftyOne plugin: instance masks from prompts, or for everything, on the App's target view.
+"""unisam FiftyOne plugin: instance masks from prompts, or for everything, on the App's target view;
+objects tracked through videos.
 
 Operators ``@unisam/unisam/segment_with_prompts`` and ``@unisam/unisam/segment_everything`` write a
-new ``Detections`` field (masks cropped to their boxes, or PNGs under a chosen directory). Samples
-whose image cannot be read or that lack their prompts are skipped and listed in the field's
-``info["unisam"]`` run summary. From Python: ``foo.get_operator(uri)(dataset_or_view, ...)``.
+new ``Detections`` field on images, ``@unisam/unisam/track`` a new frame-level ``Detections`` field
+on videos (``index`` = track id); masks are cropped to their boxes, or PNGs under a chosen
+directory. Samples whose media cannot be read or that lack their prompts are skipped and listed in
+the field's ``info["unisam"]`` run summary. From Python: ``foo.get_operator(uri)(dataset_or_view, ...)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from datetime import datetime, timezone
@@ -21,21 +24,31 @@ from fiftyone.operators.executor import ExecutionOptions
 
 import unisam
 
-from .zoo import segment_sample, to_detections
+from .zoo import keyframes_from_labels, segment_sample, to_detections
 
 logger = logging.getLogger("unisam.fiftyone")
 
 WRITE_EVERY = 16  # samples computed between two database writes
 SUGGEST_DELEGATION_ABOVE = 200  # samples; immediate runs stop after fo.config.operator_timeout (600 s)
 EVERYTHING_OPTIONS = unisam.EverythingParams.options(common_only=True)  # the ones the form shows
+TRACK_OPTIONS = [f.name for f in dataclasses.fields(unisam.TrackRules)]  # prompted tracking's rules
+TRACK_FORM_OPTIONS = {  # the ones the form shows, with their help
+    "score_threshold": "a mask whose predicted IoU is below this is a miss",
+    "patience": "a track ends after more misses in a row than this (occlusions)",
+}
 
 
 class _Segment(foo.Operator):
-    """What both operators share: the form, the checks, the per-sample loop with progress and
-    failure reports, and writing. Subclasses add their own inputs and segment one sample."""
+    """What the operators share: the form, the checks, the per-sample loop with progress and
+    failure reports, and writing. Subclasses add their own inputs and compute one sample's labels.
+
+    Image operators read and write sample fields; video operators (``media_type = "video"``)
+    frame fields, one ``Detections`` per frame."""
 
     about: dict = {}  # name, label, description
     default_field = ""
+    media_type = "image"  # the samples the operator reads
+    write_every = WRITE_EVERY  # samples computed between two database writes
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -61,7 +74,23 @@ class _Segment(foo.Operator):
     def prompt_fields(self, ctx) -> list[str]:
         return []
 
-    # and ``segment(ctx, image, sample, predictor) -> fol.Detections``: the masks of one sample
+    def compute(self, ctx, sample, predictor: unisam.Predictor):
+        """One sample's labels: ``fol.Detections`` (images: ``segment`` of its image) or, for videos,
+        ``{frame number: fol.Detections}``. Raises ``ValueError``/``OSError`` to skip the sample."""
+        return self.segment(ctx, unisam.load_image(sample.filepath), sample, predictor)
+
+    # image operators define ``segment(ctx, image, sample, predictor) -> fol.Detections``
+
+    # -- fields -----------------------------------------------------------------------------------
+    def schema(self, ctx, kind=None) -> dict:
+        """The fields prompts are read from and results written to: the samples' or the frames'."""
+        if self.media_type == "video":
+            return ctx.dataset.get_frame_field_schema(embedded_doc_type=kind) or {}
+        return ctx.dataset.get_field_schema(embedded_doc_type=kind)
+
+    def path(self, field: str) -> str:
+        """``field`` as FiftyOne names it on a collection (``frames.<field>`` for frame fields)."""
+        return f"frames.{field}" if self.media_type == "video" else field
 
     # -- parameters -------------------------------------------------------------------------------
     def param(self, ctx, name: str):
@@ -79,17 +108,20 @@ class _Segment(foo.Operator):
     def problems(self, ctx, view) -> dict[str, str]:
         """Parameter name -> why the run cannot go ahead (shown in the form, raised by execute)."""
         found = {}
-        if view.media_type != "image":
-            found["view_target"] = f"unisam segments images; the target view holds {view.media_type} samples"
+        if view.media_type != self.media_type:
+            found["view_target"] = (
+                f"{self.about['label']} works on {self.media_type} samples; the target view holds "
+                f"{view.media_type} samples"
+            )
         elif view.count() == 0:
-            found["view_target"] = "the target view has no samples: nothing to segment"
+            found["view_target"] = "the target view has no samples: nothing to do"
         try:
             unisam.model_name(self.param(ctx, "model"))
         except ValueError as error:
             found["model"] = str(error)
         found.update(self.own_problems(ctx))
         field = self.param(ctx, "label_field")
-        schema = ctx.dataset.get_field_schema()
+        schema = self.schema(ctx)
         if not field or "." in field or field.startswith("_"):
             found["label_field"] = "the output field needs a name without '.' that does not start with '_'"
         elif field in self.prompt_fields(ctx):
@@ -120,7 +152,10 @@ class _Segment(foo.Operator):
             view=models,
         )
         props["label_field"] = inputs.str(
-            "label_field", default=self.default_field, label="Output field", description="a new Detections field"
+            "label_field",
+            default=self.default_field,
+            label="Output field",
+            description=f"a new {'frame-level ' if self.media_type == 'video' else ''}Detections field",
         )
         props["overwrite"] = inputs.bool(
             "overwrite",
@@ -155,22 +190,25 @@ class _Segment(foo.Operator):
         field = self.param(ctx, "label_field")
         mask_dir = self.param(ctx, "output_dir")
         ids = view.values("id")
-        samples = view.select_fields(self.prompt_fields(ctx))
+        samples = view.select_fields([self.path(name) for name in self.prompt_fields(ctx)])
         failed: dict[str, str] = {}
         done = segmented = instances = 0
-        for start in range(0, len(ids), WRITE_EVERY):
+        for start in range(0, len(ids), self.write_every):
             results = {}
-            for sample in samples.select(ids[start : start + WRITE_EVERY], ordered=True):
+            for sample in samples.select(ids[start : start + self.write_every], ordered=True):
                 try:
-                    detections = self.segment(ctx, unisam.load_image(sample.filepath), sample, predictor)
+                    labels = self.compute(ctx, sample, predictor)
                 except (ValueError, OSError) as error:
                     failed[sample.id] = str(error)
                     logger.warning("unisam: skipped sample %s (%s): %s", sample.id, sample.filepath, error)
                 else:
-                    if mask_dir:
-                        _export_masks(detections, os.path.abspath(os.path.join(mask_dir, field)), sample.id)
-                    results[sample.id] = detections
-                    instances += len(detections.detections)
+                    by_frame = labels.items() if self.media_type == "video" else [(None, labels)]
+                    for frame, detections in by_frame:
+                        if mask_dir:
+                            name = sample.id if frame is None else f"{sample.id}-{frame}"
+                            _export_masks(detections, os.path.abspath(os.path.join(mask_dir, field)), name)
+                        instances += len(detections.detections)
+                    results[sample.id] = labels
                 done += 1
                 label = f"{done} / {len(ids)} samples"
                 if ctx.delegated:
@@ -178,7 +216,7 @@ class _Segment(foo.Operator):
                 else:
                     yield ctx.ops.set_progress(progress=done / len(ids), label=label)
             if results:
-                ctx.dataset.set_values(field, results, key_field="id")
+                ctx.dataset.set_values(self.path(field), results, key_field="id")
             segmented += len(results)
         summary = {
             "operator": self.uri,
@@ -189,8 +227,9 @@ class _Segment(foo.Operator):
             "failed": failed,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _record(ctx.dataset, field, summary)
-        message = f"unisam: {segmented} / {len(ids)} samples segmented into {field!r} ({instances} masks)"
+        _record(ctx.dataset, self.path(field), summary)
+        verb = "tracked" if self.media_type == "video" else "segmented"
+        message = f"unisam: {segmented} / {len(ids)} samples {verb} into {field!r} ({instances} masks)"
         if failed:
             message += f"; {len(failed)} skipped, listed in the field's info['unisam']['failed']"
         logger.info(message)
@@ -206,7 +245,7 @@ class _Segment(foo.Operator):
         result = foo.execute_operator(self.uri, ctx, params=params, request_delegation=delegate)
         if delegate:
             return result
-        return samples.get_field(params.get("label_field", self.default_field)).info["unisam"]
+        return samples.get_field(self.path(params.get("label_field", self.default_field))).info["unisam"]
 
 
 class SegmentWithPrompts(_Segment):
@@ -253,7 +292,7 @@ class SegmentWithPrompts(_Segment):
             ("point_field", fol.Keypoints, "each keypoint prompts one mask; polarity from its sam_labels"),
         ):
             choices = types.DropdownView()
-            for name in ctx.dataset.get_field_schema(embedded_doc_type=kind):
+            for name in self.schema(ctx, kind):
                 choices.add_choice(name, label=name)
             props[key] = inputs.enum(
                 key, choices.values(), label=f"{kind.__name__} field", description=description, view=choices
@@ -266,7 +305,7 @@ class SegmentWithPrompts(_Segment):
             found["box_field"] = "choose a Detections field (boxes) and/or a Keypoints field (points)"
         for key, kind in (("box_field", fol.Detections), ("point_field", fol.Keypoints)):
             name = self.param(ctx, key)
-            if name and name not in ctx.dataset.get_field_schema(embedded_doc_type=kind):
+            if name and name not in self.schema(ctx, kind):
                 found[key] = f"{name!r} is not a {kind.__name__} field of dataset {ctx.dataset.name!r}"
         return found
 
@@ -309,26 +348,136 @@ class SegmentEverything(_Segment):
         return dict.fromkeys(unisam.EverythingParams.names())  # None: the model's own default
 
     def own_inputs(self, ctx, inputs):
-        try:
-            defaults = unisam.everything_defaults(self.param(ctx, "model"))
-        except ValueError:  # an unknown model: problems() says so on the form
-            defaults = unisam.EverythingParams()
-        props = {}
-        for option in EVERYTHING_OPTIONS:
-            add = inputs.int if option.kind is int else inputs.float
-            bounds = {"min": 1 if option.name == "points_per_side" else 0}
-            if option.kind is float:
-                bounds["max"] = 1
-            label = option.name.replace("_", " ").replace("thresh", "threshold").capitalize()
-            props[option.name] = add(
-                option.name, default=getattr(defaults, option.name), label=label, description=option.help, **bounds
-            )
-        return props
+        return _everything_inputs(inputs, self.param(ctx, "model"))
 
     def segment(self, ctx, image, sample, predictor):
         given = {name: self.param(ctx, name) for name in unisam.EverythingParams.names()}
         params = {name: value for name, value in given.items() if value is not None}
         return to_detections(unisam.segment_everything(image, model=predictor, **params))
+
+
+class Track(_Segment):
+    """Objects of a video followed through its frames: prompted from a frame-level Detections or
+    Keypoints field (the label's ``index`` is the object id), or all objects (no prompt field)."""
+
+    about = dict(
+        name="track",
+        label="unisam: track",
+        description="Follow the objects prompted on some frames (or all objects) through each video, with masks",
+    )
+    default_field = "unisam_tracks"
+    media_type = "video"
+    write_every = 1  # a video's masks are written as soon as it is done
+
+    def __call__(
+        self,
+        samples,
+        prompt_field: str | None = None,
+        label_field: str | None = None,
+        model: str | None = None,
+        output_dir: str | None = None,
+        overwrite: bool = False,
+        delegate: bool = False,
+        **options,
+    ):
+        """``options``: prompted, the fields of ``unisam.TrackRules`` (e.g. ``patience=2``);
+        automatic (no ``prompt_field``), those of ``unisam.EverythingParams`` (e.g. ``points_per_side=16``)."""
+        mode, known = ("prompted", TRACK_OPTIONS) if prompt_field else ("automatic", unisam.EverythingParams.names())
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"option(s) {unknown} do not apply to {mode} tracking; known: {sorted(known)}")
+        params = dict(
+            prompt_field=prompt_field,
+            label_field=label_field,
+            model=model,
+            output_dir=output_dir,
+            overwrite=overwrite,
+            **options,
+        )
+        return self.run_from_python(samples, params, delegate)
+
+    def own_defaults(self) -> dict:
+        # None: unisam.track's own defaults
+        return {"prompt_field": None, **dict.fromkeys(TRACK_OPTIONS), **dict.fromkeys(unisam.EverythingParams.names())}
+
+    def prompt_fields(self, ctx) -> list[str]:
+        return [self.param(ctx, "prompt_field")] if self.param(ctx, "prompt_field") else []
+
+    def options(self, ctx) -> dict:
+        """The tracking options given, for ``unisam.track``: the mode's names only (the form may keep
+        values set before the prompt field changed)."""
+        names = TRACK_OPTIONS if self.prompt_fields(ctx) else unisam.EverythingParams.names()
+        return {name: self.param(ctx, name) for name in names if self.param(ctx, name) is not None}
+
+    def own_inputs(self, ctx, inputs):
+        choices = types.DropdownView()
+        for kind in (fol.Detections, fol.Keypoints):
+            for name in self.schema(ctx, kind):
+                choices.add_choice(name, label=f"{name} ({kind.__name__})")
+        props = {
+            "prompt_field": inputs.enum(
+                "prompt_field",
+                choices.values(),
+                label="Prompt field (frames)",
+                description="boxes, masks or points on one or more frames, the label's index naming the object; "
+                "empty: track every object found",
+                view=choices,
+            )
+        }
+        if not self.prompt_fields(ctx):
+            return {**props, **_everything_inputs(inputs, self.param(ctx, "model"))}
+        rules = unisam.TrackRules()
+        for name, text in TRACK_FORM_OPTIONS.items():
+            add = inputs.int if isinstance(getattr(rules, name), int) else inputs.float
+            props[name] = add(
+                name, default=getattr(rules, name), label=name.replace("_", " ").capitalize(), description=text, min=0
+            )
+        return props
+
+    def own_problems(self, ctx) -> dict[str, str]:
+        found = {}
+        name = self.param(ctx, "prompt_field")
+        if name and name not in {**self.schema(ctx, fol.Detections), **self.schema(ctx, fol.Keypoints)}:
+            found["prompt_field"] = (
+                f"{name!r} is not a frame-level Detections or Keypoints field of dataset {ctx.dataset.name!r}"
+            )
+        return found
+
+    def compute(self, ctx, sample, predictor) -> dict[int, fol.Detections]:
+        field = self.param(ctx, "prompt_field")
+        with unisam.open_frames(sample.filepath) as frames:
+            height, width = frames.size
+            start, indices = None, None
+            if field:
+                labels = {n: frame.get_field(field) for n, frame in sample.frames.items()}
+                labels = {n: label for n, label in labels.items() if label is not None}
+                start, indices = keyframes_from_labels(labels, width, height, len(frames))
+                if not start:
+                    raise ValueError(f"the video has no {field!r} prompts on any frame")
+            tracks = unisam.track(frames, start, model=predictor, **self.options(ctx))
+        return {
+            t: to_detections(found, indices=[i if indices is None else indices[i - 1] for i in found.ids.tolist()])
+            for t, found in enumerate(tracks, 1)
+        }
+
+
+def _everything_inputs(inputs: types.Object, model: str) -> dict:
+    """The form's inputs for the common segment-everything thresholds, defaulting to ``model``'s."""
+    try:
+        defaults = unisam.everything_defaults(model)
+    except ValueError:  # an unknown model: problems() says so on the form
+        defaults = unisam.EverythingParams()
+    props = {}
+    for option in EVERYTHING_OPTIONS:
+        add = inputs.int if option.kind is int else inputs.float
+        bounds = {"min": 1 if option.name == "points_per_side" else 0}
+        if option.kind is float:
+            bounds["max"] = 1
+        label = option.name.replace("_", " ").replace("thresh", "threshold").capitalize()
+        props[option.name] = add(
+            option.name, default=getattr(defaults, option.name), label=label, description=option.help, **bounds
+        )
+    return props
 
 
 def _holds(field, kind) -> bool:
@@ -342,12 +491,14 @@ def _export_masks(detections: fol.Detections, directory: str, sample_id: str) ->
         detection.export_mask(os.path.join(directory, f"{sample_id}-{i}.png"), update=True)
 
 
-def _record(dataset, field_name: str, summary: dict) -> None:
+def _record(dataset, path: str, summary: dict) -> None:
     """Store the run summary in the output field's ``info["unisam"]`` (creating the field if no
-    sample succeeded)."""
-    if not dataset.has_field(field_name):
-        dataset.add_sample_field(field_name, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detections)
-    field = dataset.get_field(field_name)
+    sample succeeded); ``path``: the field's name, ``frames.<name>`` for a frame field."""
+    if not dataset.has_field(path):
+        frames, name = path.startswith("frames."), path.removeprefix("frames.")
+        add = dataset.add_frame_field if frames else dataset.add_sample_field
+        add(name, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detections)
+    field = dataset.get_field(path)
     field.info = {**(field.info or {}), "unisam": summary}
     field.save()
 
@@ -355,3 +506,4 @@ def _record(dataset, field_name: str, summary: dict) -> None:
 def register(plugin) -> None:
     plugin.register(SegmentWithPrompts)
     plugin.register(SegmentEverything)
+    plugin.register(Track)

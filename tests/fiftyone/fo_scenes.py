@@ -82,3 +82,35 @@ def assert_matches_core(detections, result: unisam.Instances, labels: list[str])
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / (a | b).sum())
+
+
+# -- videos (the track operator) ---------------------------------------------------------------------
+VIDEO_FRAMES = 8
+
+
+def tracking_scene(seed: int = 0):
+    """A synthetic tracking scene of VIDEO_FRAMES SIZE x SIZE frames: two nuclei drifting at up to 2 px
+    per frame, present on every frame; ``.frames`` (T, H, W) uint8, ``.truth`` Tracks (ids 1, 2)."""
+    from unisam.data.synthetic.tracking import generate_tracking_scene
+
+    rng = np.random.default_rng(seed)
+    return generate_tracking_scene(rng, VIDEO_FRAMES, (SIZE, SIZE), objects=2, events=(), radius=(10, 13), speed=2.0)
+
+
+def write_video(path: Path, frames: np.ndarray) -> Path:
+    """(T, H, W) uint8 frames as an H.264 mp4 (PyAV), lossless up to the RGB/YUV rounding (crf 0, yuv444p)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv444p"
+        for frame in frames:
+            rgb = np.repeat(frame[..., None], 3, axis=-1)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def truth_by_id(truth) -> list[dict[int, np.ndarray]]:
+    """Per frame {id: (H, W) bool mask} of a scene's truth Tracks."""
+    return [dict(zip(found.ids.tolist(), found.masks)) for found in truth]

@@ -1,4 +1,5 @@
-"""unisam as a FiftyOne remote zoo model source, and the label conversions the unisam plugin shares.
+"""unisam as a FiftyOne remote zoo model source, and the label conversions the unisam plugin shares
+(images: prompts and masks; videos: the keyframes of ``unisam.track``).
 
 FiftyOne copies this directory (``manifest.json`` + this module) into its model zoo when the source is
 registered, then calls :func:`download_model` / :func:`load_model`::
@@ -16,6 +17,7 @@ point polarity is the keypoint's ``sam_labels`` list (1 = foreground, 0 = backgr
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 
 import fiftyone.core.labels as fol
 import fiftyone.core.models as fom
@@ -66,11 +68,14 @@ def prompts_from_labels(
     return prompts, ids
 
 
-def to_detections(instances: unisam.Instances, prompt_ids: list[str] | None = None) -> fol.Detections:
+def to_detections(
+    instances: unisam.Instances, prompt_ids: list[str] | None = None, indices: Sequence[int] | None = None
+) -> fol.Detections:
     """Instances -> ``fo.Detections``: the pixel-edge box ``(x1, y1, x2, y2)`` becomes the relative box
     ``[x1 / W, y1 / H, (x2 - x1) / W, (y2 - y1) / H]``, the mask is cropped to it, the
     confidence is the predicted IoU and the label the prompt's; ``prompt_id`` (when ``prompt_ids``
-    is given) is the id of the label that prompted it. Empty masks are left out."""
+    is given) is the id of the label that prompted it, ``index`` (when ``indices`` is given, one per
+    instance) its object id. Empty masks are left out."""
     height, width = instances.image_size
     labels = instances.labels or [None] * len(instances)
     detections = []
@@ -86,8 +91,68 @@ def to_detections(instances: unisam.Instances, prompt_ids: list[str] | None = No
         )
         if prompt_ids is not None:
             det["prompt_id"] = prompt_ids[i]
+        if indices is not None:
+            det.index = int(indices[i])
         detections.append(det)
     return fol.Detections(detections=detections)
+
+
+def keyframes_from_labels(
+    labels: Mapping[int, fol.Detections | fol.Keypoints], width: int, height: int, count: int
+) -> tuple[dict[int, dict[int, unisam.Prompt] | unisam.Instances], list[int]]:
+    """The ``start`` of :func:`unisam.track` from the prompt labels of a video's frames, and the
+    object index each of its ids stands for (id ``k`` is ``indices[k - 1]``).
+
+    labels: {FiftyOne frame number (1-based): the frame's prompts} for a ``width x height`` video of
+    ``count`` frames. The object id of a detection or keypoint is its ``index``, else its position on
+    the frame (1, 2, ...); the same id on several frames names the same object (a later keyframe
+    corrects it). A detection is a box prompt (see :func:`prompts_from_labels`), a keypoint a point
+    prompt; detections with masks give the object's mask itself (then every detection of that frame
+    needs one). Keyframes are 0-based frame indices. Raises ``ValueError`` on prompts beyond the
+    video, an index used twice on one frame or a frame mixing masks and boxes.
+    """
+    beyond = sorted(n for n in labels if not 1 <= n <= count)
+    if beyond:
+        raise ValueError(f"prompts on frame(s) {beyond}, beyond the video's {count} frames (1..{count})")
+    frames = {}
+    for number, label in sorted(labels.items()):
+        if isinstance(label, fol.Detections):
+            items, (prompts, _) = label.detections, prompts_from_labels(label, None, width, height)
+        elif isinstance(label, fol.Keypoints):
+            items, (prompts, _) = label.keypoints, prompts_from_labels(None, label, width, height)
+        else:
+            raise ValueError(f"frame {number}: prompts must be Detections or Keypoints, got {type(label).__name__}")
+        if not items:
+            continue
+        index = [k if item.index is None else int(item.index) for k, item in enumerate(items, 1)]
+        twice = sorted({i for i in index if index.count(i) > 1})
+        if twice:
+            raise ValueError(f"frame {number}: object index {twice} is given twice; each object needs its own index")
+        frames[number] = (items, prompts, index)
+    indices = sorted({i for _, _, index in frames.values() for i in index})
+    core_id = {i: k for k, i in enumerate(indices, 1)}  # unisam ids are > 0; FiftyOne indices may be any int
+    start = {}
+    for number, (items, prompts, index) in frames.items():
+        ids = [core_id[i] for i in index]
+        masked = [isinstance(item, fol.Detection) and item.has_mask for item in items]
+        if any(masked) and not all(masked):
+            raise ValueError(
+                f"frame {number}: some detections have masks and some do not; unisam.track takes either the "
+                "objects' masks or box prompts on one frame"
+            )
+        if all(masked):
+            masks = [d.to_segmentation(frame_size=(width, height), target=1).mask.astype(bool) for d in items]
+            scores = [1.0 if d.confidence is None else d.confidence for d in items]
+            names = [d.label for d in items]
+            start[number - 1] = unisam.Instances.from_masks(
+                np.stack(masks),
+                np.array(scores, np.float32),
+                ids=np.array(ids, np.int64),
+                labels=names if any(name is not None for name in names) else None,
+            )
+        else:
+            start[number - 1] = dict(zip(ids, prompts))
+    return start, indices
 
 
 def segment_sample(
