@@ -1,4 +1,5 @@
-"""Label Studio ML backend for unisam: smart keypoints/rectangles -> brush masks, batch segment-everything.
+"""Label Studio ML backend for unisam: smart keypoints/rectangles -> brush masks, smart video boxes ->
+tracked keyframes, batch segment-everything.
 
 Run it with ``unisam-labelstudio`` (see plugins/labelstudio/README.md), or build the app yourself:
 

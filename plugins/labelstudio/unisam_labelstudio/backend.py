@@ -1,7 +1,9 @@
 """The Label Studio ML backend: ``predict(tasks, context)`` and ``fit(event, data)`` on top of unisam.
 
 It holds no model logic: it reads the labeling config, fetches task images, turns smart-tool clicks
-into a :class:`unisam.Prompt` and unisam's masks into brush regions. The model is the process-wide
+into a :class:`unisam.Prompt` and unisam's masks into brush regions. On video (``<Video>`` +
+``<VideoRectangle smart="true">``), a box drawn on one frame is followed by :func:`unisam.track` over
+the next frames and goes back as the region's extended keyframe sequence. The model is the process-wide
 shared predictor (:func:`unisam.get_model`), loaded on first use, so every annotator's requests share
 one model and one memory-bounded embedding cache: the first click on an image runs the encoder,
 later clicks only the decoder.
@@ -12,7 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,7 +25,15 @@ import unisam
 from label_studio_sdk.label_interface import LabelInterface
 
 from .images import ImageError, TaskImages
-from .regions import brush_region, parse_context
+from .regions import (
+    VIDEO_BOX_TYPE,
+    VideoBox,
+    brush_region,
+    parse_context,
+    parse_video_context,
+    video_box_item,
+    video_box_region,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +52,8 @@ class Settings:
     default :func:`unisam.segment_everything` parameters for batch predictions. basic_auth
     (``BASIC_AUTH_USER`` + ``BASIC_AUTH_PASS``): require these HTTP basic credentials on every request.
     image_cache_mb (``UNISAM_IMAGE_CACHE_MB``, default 256): memory for recently fetched images.
+    video_track_frames (``UNISAM_VIDEO_TRACK_FRAMES``, default 100): how many frames after the drawn
+    one a smart video box is tracked over (fewer at the end of the video).
     """
 
     model: str | None = None
@@ -48,6 +62,7 @@ class Settings:
     everything: Mapping[str, object] = field(default_factory=dict)
     basic_auth: tuple[str, str] | None = None
     image_cache_mb: float = 256
+    video_track_frames: int = 100
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -59,6 +74,9 @@ class Settings:
         except json.JSONDecodeError as error:
             raise ValueError(f"UNISAM_EVERYTHING_PARAMS is not valid JSON: {error}") from None
         user, password = get("BASIC_AUTH_USER"), get("BASIC_AUTH_PASS")
+        track_frames = get("UNISAM_VIDEO_TRACK_FRAMES") or "100"
+        if not track_frames.isdigit() or int(track_frames) < 1:
+            raise ValueError(f"UNISAM_VIDEO_TRACK_FRAMES must be a whole number of frames >= 1; got {track_frames!r}")
         return cls(
             model=get("UNISAM_MODEL"),
             label_studio_url=get("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"),
@@ -66,6 +84,7 @@ class Settings:
             everything=check_everything_params(params, "UNISAM_EVERYTHING_PARAMS"),
             basic_auth=(user, password) if user and password else None,
             image_cache_mb=float(get("UNISAM_IMAGE_CACHE_MB") or 256),
+            video_track_frames=int(track_frames),
         )
 
 
@@ -108,12 +127,7 @@ class BrushTarget:
     @classmethod
     def from_config(cls, label_config: str, to_name: str | None = None) -> BrushTarget:
         """The first BrushLabels control of an Image (the one of image ``to_name`` if given)."""
-        if not isinstance(label_config, str) or not label_config.strip():
-            raise ValueError("the request has no label_config (the project's labeling config XML)")
-        try:
-            interface = LabelInterface(label_config)
-        except Exception as error:  # the SDK raises its own XML and validation error types
-            raise ValueError(f"cannot parse the labeling config: {error}") from None
+        interface = _interface(label_config)
         name_filter = None if to_name is None else (lambda name: name == to_name)
         try:
             from_name, image, data_key = interface.get_first_tag_occurence(
@@ -123,7 +137,8 @@ class BrushTarget:
             target = "an <Image>" if to_name is None else f"the <Image name={to_name!r}> that was clicked"
             raise ValueError(
                 f"the labeling config has no <BrushLabels> control for {target}: unisam answers with brush "
-                "masks, so add <BrushLabels name=... toName=...> with the same labels as the smart tools"
+                "masks, so add <BrushLabels name=... toName=...> with the same labels as the smart tools "
+                '(or, for video, <Video> with a <VideoRectangle smart="true">)'
             ) from None
         return cls(from_name, image, data_key, tuple(interface.get_control(from_name).labels))
 
@@ -139,6 +154,61 @@ class BrushTarget:
                 "give the smart tools and the brush the same label values"
             )
         return label
+
+
+@dataclass(frozen=True)
+class VideoTarget:
+    """The smart ``<VideoRectangle>`` control that receives tracked boxes: its name, the ``<Video>`` tag
+    it labels, that video's task data key (``$video`` -> ``video``) and the values of the
+    ``<Labels>`` of that video (empty without one)."""
+
+    from_name: str
+    to_name: str
+    data_key: str
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, label_config: str, to_name: str | None = None) -> VideoTarget:
+        """The first VideoRectangle control of a Video (the one of video ``to_name`` if given)."""
+        interface = _interface(label_config)
+        name_filter = None if to_name is None else (lambda name: name == to_name)
+        try:
+            from_name, video, data_key = interface.get_first_tag_occurence(
+                "VideoRectangle", "Video", to_name_filter=name_filter
+            )
+        except ValueError:
+            target = "a <Video>" if to_name is None else f"the <Video name={to_name!r}> that was drawn on"
+            raise ValueError(f"the labeling config has no <VideoRectangle> control for {target}") from None
+        labels = [c.labels for c in interface.controls if c.tag == "Labels" and video in c.to_name]
+        return cls(from_name, video, data_key, tuple(labels[0]) if labels else ())
+
+    def check_label(self, label: str | None) -> str | None:
+        """``label`` if it is one of the video's labels (None stays None: a box without a label)."""
+        if label is not None and self.labels and label not in self.labels:
+            raise ValueError(f"label {label!r} is not a label of <Video name={self.to_name!r}> {list(self.labels)}")
+        return label
+
+
+def _interface(label_config: str) -> LabelInterface:
+    if not isinstance(label_config, str) or not label_config.strip():
+        raise ValueError("the request has no label_config (the project's labeling config XML)")
+    try:
+        return LabelInterface(label_config)
+    except Exception as error:  # the SDK raises its own XML and validation error types
+        raise ValueError(f"cannot parse the labeling config: {error}") from None
+
+
+def _is_video_config(label_config: str) -> bool:
+    """Whether the config has a smart VideoRectangle and no BrushLabels (video projects get boxes only)."""
+    try:
+        BrushTarget.from_config(label_config)
+    except ValueError:
+        try:
+            VideoTarget.from_config(label_config)
+        except ValueError:
+            return False
+        return True
+    return False
 
 
 class UnisamBackend:
@@ -194,7 +264,10 @@ class UnisamBackend:
         label = extra.pop("label", None)
         setup = ProjectSetup(hostname, access_token, check_everything_params(extra, "extra params"), label)
         if label is not None and label_config:
-            BrushTarget.from_config(label_config).check_label(label)
+            if _is_video_config(label_config):
+                VideoTarget.from_config(label_config).check_label(label)
+            else:
+                BrushTarget.from_config(label_config).check_label(label)
         with self._lock:
             self._projects[_project_id(project)] = setup
         return self.model_version
@@ -209,6 +282,9 @@ class UnisamBackend:
         :class:`~unisam_labelstudio.images.ImageError`. Without (batch pre-labeling), every object
         found by :func:`unisam.segment_everything` as one brush region each; a task whose image fails
         gets ``{"error": message}`` instead, which Label Studio skips, so the other tasks still get theirs.
+
+        With a smart ``videorectangle`` in the context, the box tracked over the following frames (one
+        ``videorectangle`` region). Video tasks get no batch predictions (an empty result each).
         """
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise ValueError("'tasks' must be a list of task objects")
@@ -216,7 +292,12 @@ class UnisamBackend:
         if context:
             if len(tasks) != 1:
                 raise ValueError(f"an interactive request (with a context) needs exactly one task, got {len(tasks)}")
+            if _has_video_box(context):
+                return [self._predict_video(tasks[0], context, label_config, setup)]
             return [self._predict_clicks(tasks[0], context, label_config, setup)]
+        if _is_video_config(label_config):
+            logger.info("batch predictions of video tasks: none (draw a smart VideoRectangle to track a box)")
+            return [{"result": [], "score": 0.0, "model_version": self.model_version} for _ in tasks]
         target = BrushTarget.from_config(label_config)
         label = target.check_label(setup.label)
         params = {**self.settings.everything, **setup.everything}
@@ -240,12 +321,15 @@ class UnisamBackend:
         with self._lock:
             return self._projects.get(_project_id(project), ProjectSetup())
 
-    def _image(self, task: dict, data_key: str, setup: ProjectSetup) -> np.ndarray:
+    def _task_url(self, task: dict, data_key: str, tag: str) -> str:
         data = task.get("data")
         if not isinstance(data, dict) or data_key not in data:
-            raise ValueError(f"task {task.get('id')} has no {data_key!r} in its data (the <Image> value ${data_key})")
+            raise ValueError(f"task {task.get('id')} has no {data_key!r} in its data (the <{tag}> value ${data_key})")
+        return data[data_key]
+
+    def _image(self, task: dict, data_key: str, setup: ProjectSetup) -> np.ndarray:
         return self.images.load(
-            data[data_key],
+            self._task_url(task, data_key, "Image"),
             hostname=self.settings.label_studio_url or setup.hostname,
             token=self.settings.api_key or setup.access_token,
             task_id=task.get("id"),
@@ -265,6 +349,58 @@ class UnisamBackend:
         )
         return {"result": [region], "score": score, "model_version": self.model_version}
 
+    def _predict_video(self, task: dict, context: dict, label_config: str, setup: ProjectSetup) -> dict:
+        drawn = parse_video_context(context)
+        target = VideoTarget.from_config(label_config, drawn.to_name)
+        label = target.check_label(drawn.label)
+        url = self._task_url(task, target.data_key, "Video")
+        with tempfile.TemporaryDirectory(prefix="unisam-ls-video-") as tmp:
+            path = self.images.fetch(
+                url,
+                tmp,
+                hostname=self.settings.label_studio_url or setup.hostname,
+                token=self.settings.api_key or setup.access_token,
+                task_id=task.get("id"),
+                what="video",
+            )
+            try:
+                video = unisam.open_frames(path)
+            except (ValueError, OSError) as error:
+                raise ImageError(f"cannot read video {url!r} of task {task.get('id')}: {error}") from None
+            with video:
+                items, score = self._track_box(video, drawn)
+        region = video_box_region(
+            drawn, items, from_name=target.from_name, to_name=target.to_name, label=label, score=score
+        )
+        return {"result": [region], "score": score, "model_version": self.model_version}
+
+    def _track_box(self, video: unisam.Frames, drawn: VideoBox) -> tuple[list[dict], float]:
+        """Sequence items for the frames after ``drawn.frame`` where unisam follows the drawn box (the
+        last one ``enabled: false`` where it is lost), and the mean score of the tracked masks."""
+        if drawn.frame >= len(video):
+            raise ValueError(f"the box is on frame {drawn.frame + 1}, but the video has {len(video)} frames")
+        height, width = video.size
+        start = drawn.frame
+        count = min(len(video) - start, self.settings.video_track_frames + 1)
+        window = unisam.Frames(count, lambda i: video[start + i], f"frames {start + 1}-{start + count} of {video.name}")
+        prompt = unisam.Prompt(box=drawn.in_pixels(width, height))
+        began = time.perf_counter()
+        logger.info("tracking a box from frame %d over %d frames of %s", start + 1, count - 1, video.name)
+        tracks = unisam.track(window, {1: prompt}, model=self.predictor)
+        logger.info("tracked in %.1f s", time.perf_counter() - began)
+        items, scores, last = [], [], None
+        for offset, found in enumerate(tracks[1:], 1):
+            frame = start + offset
+            where = np.flatnonzero(found.ids == 1) if found.ids is not None else []
+            if not len(where):
+                box = last if last is not None else prompt.box  # lost at once: where it was drawn
+                items.append(video_box_item(box, frame, width, height, seconds=drawn.seconds(frame), enabled=False))
+                break
+            last = found.boxes[where[0]]
+            scores.append(float(found.scores[where[0]]))
+            items.append(video_box_item(last, frame, width, height, seconds=drawn.seconds(frame)))
+        return items, float(np.mean(scores)) if scores else 0.0
+
     def _predict_everything(
         self, task: dict, target: BrushTarget, label: str, params: dict, setup: ProjectSetup
     ) -> dict:
@@ -276,6 +412,11 @@ class UnisamBackend:
         ]
         score = float(np.mean(found.scores)) if len(found) else 0.0
         return {"result": regions, "score": score, "model_version": self.model_version}
+
+
+def _has_video_box(context: dict) -> bool:
+    results = context.get("result") if isinstance(context, dict) else None
+    return isinstance(results, list) and any(isinstance(r, dict) and r.get("type") == VIDEO_BOX_TYPE for r in results)
 
 
 def _project_id(project: str | None) -> str:

@@ -24,7 +24,7 @@ from unisam import LRUCache, load_image
 
 
 class ImageError(Exception):
-    """A task's image could not be fetched or decoded (the app answers HTTP 502)."""
+    """A task's image or video could not be fetched or decoded (the app answers HTTP 502)."""
 
 
 class TaskImages:
@@ -47,26 +47,48 @@ class TaskImages:
             self._cache.put((hostname or "", url), image)
         return image
 
+    def fetch(
+        self,
+        url: str,
+        directory: str,
+        *,
+        hostname: str | None,
+        token: str | None,
+        task_id: int | None = None,
+        what: str = "file",
+    ) -> str:
+        """Download the task file at ``url`` (e.g. a video) into ``directory`` and return its local
+        path, with the same URL and token rules as :meth:`load`. Raises :class:`ImageError`."""
+        if not isinstance(url, str) or not url:
+            raise ImageError(f"task {task_id} has no {what} URL (got {url!r})")
+        hostname = hostname or ""
+        return _get(url, directory, hostname, self._tokens.access(hostname, token or ""), task_id, what)
+
     def _download(self, url: str, hostname: str, token: str, task_id: int | None) -> np.ndarray:
-        where = f"image {url!r} of task {task_id}"
         with tempfile.TemporaryDirectory(prefix="unisam-ls-") as tmp:
-            try:
-                path = get_local_path(url, cache_dir=tmp, hostname=hostname, access_token=token, task_id=task_id)
-            except requests.HTTPError as error:
-                raise ImageError(_http_message(where, error.response, hostname)) from None
-            except requests.ConnectionError as error:
-                raise ImageError(
-                    f"cannot connect to fetch {where}: {type(error).__name__}. "
-                    f"Set LABEL_STUDIO_URL (now {hostname!r}) to an address of Label Studio this backend can reach"
-                ) from None
-            except FileNotFoundError as error:
-                raise ImageError(f"cannot resolve {where}: {error}") from None
-            except (requests.RequestException, ValueError) as error:
-                raise ImageError(f"cannot fetch {where}: {error}") from None
+            path = _get(url, tmp, hostname, token, task_id, "image")
             try:
                 return load_image(path)
             except (ValueError, OSError) as error:
-                raise ImageError(f"cannot read {where}: {error}") from None
+                raise ImageError(f"cannot read image {url!r} of task {task_id}: {error}") from None
+
+
+def _get(url: str, directory: str, hostname: str, token: str, task_id: int | None, what: str) -> str:
+    """The SDK's download of ``url`` into ``directory``; its errors as :class:`ImageError`."""
+    where = f"{what} {url!r} of task {task_id}"
+    try:
+        return get_local_path(url, cache_dir=directory, hostname=hostname, access_token=token, task_id=task_id)
+    except requests.HTTPError as error:
+        raise ImageError(_http_message(where, error.response, hostname)) from None
+    except requests.ConnectionError as error:
+        raise ImageError(
+            f"cannot connect to fetch {where}: {type(error).__name__}. "
+            f"Set LABEL_STUDIO_URL (now {hostname!r}) to an address of Label Studio this backend can reach"
+        ) from None
+    except FileNotFoundError as error:
+        raise ImageError(f"cannot resolve {where}: {error}") from None
+    except (requests.RequestException, ValueError) as error:
+        raise ImageError(f"cannot fetch {where}: {error}") from None
 
 
 class AccessTokens:
