@@ -15,11 +15,12 @@ Two modes:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from .api import everything_defaults
 from .frames import Frames, open_frames
@@ -28,7 +29,7 @@ from .instances import Instances
 from .prompts import Prompt, make_prompt
 from .runtime.everything import EverythingParams, segment_everything
 from .runtime.linking import link, pool_features
-from .runtime.track import KeyObjects, TrackRules, exclusive, merge, track_objects
+from .runtime.track import KeyObjects, TrackRules, exclusive, merge, sweep_length, track_objects
 from .tracks import Tracks
 
 LINK_OPTIONS = ("method", "min_iou", "feature_weight", "max_gap", "min_split")
@@ -43,6 +44,7 @@ def track(
     start_frame: int = 0,
     model: ModelArg = None,
     instances: Sequence[Instances] | np.ndarray | None = None,
+    progress: bool | Callable[[int, int], None] = False,
     **options: Any,
 ) -> Tracks:
     """One :class:`Instances` per frame with ``ids`` filled (the same id for the same object on every
@@ -65,38 +67,83 @@ def track(
     ``method`` ("hungarian" or "laptrack"), ``min_iou`` 0.1, ``feature_weight`` 0.3 (embedding
     similarity; 0 links by overlap alone and, with ``instances``, runs no model), ``max_gap`` 2,
     ``min_split`` 0.5 (see :func:`unisam.runtime.linking.link`).
+
+    progress: True for a tqdm bar, or a function called as ``progress(done, total)`` (frames of work;
+    ``done == total`` once at the end), e.g. a host's own progress bar.
     """
     source = frames
     frames = open_frames(source)
     try:
         if start is None:
-            return _automatic(frames, model, instances, options)
+            with _Progress(progress) as report:
+                return _automatic(frames, model, instances, options, report)
         if instances is not None:
             raise ValueError("instances= is the segmentation of automatic mode; give it with start=None")
         keyframes = _keyframes(start, start_frame, frames)
         rules = TrackRules(**_split(options, "prompted tracking", rules=[f.name for f in fields(TrackRules)])["rules"])
-        steps = track_objects(frames, keyframes, get_model(model), rules)
-        return Tracks(merge(steps, len(frames), frames.size))
+        with _Progress(progress, sweep_length(len(frames), list(keyframes))) as report:
+            steps = track_objects(frames, keyframes, get_model(model), rules, on_frame=lambda _index: report.advance())
+            return Tracks(merge(steps, len(frames), frames.size))
     finally:
         if frames is not source:
             frames.close()
 
 
-def _automatic(frames: Frames, model: ModelArg, instances, options: dict[str, Any]) -> Tracks:
+def _automatic(frames: Frames, model: ModelArg, instances, options: dict[str, Any], report: _Progress) -> Tracks:
+    n = len(frames)
     if instances is None:
         split = _split(options, "automatic tracking", link=LINK_OPTIONS, everything=EverythingParams.names())
-        predictor = get_model(model)
-        params = everything_defaults(predictor).replace(**split["everything"])
-        found = [exclusive(segment_everything(frames[t], predictor, params)) for t in range(len(frames))]
     else:
         split = _split(options, "automatic tracking of given instances", link=LINK_OPTIONS)
-        found = _own_instances(instances, frames)
     linking = split["link"]
-    if linking.get("feature_weight", 0.3) == 0:
+    pooled = linking.get("feature_weight", 0.3) != 0
+    report.start((instances is None) * n + pooled * n)
+    if instances is None:
+        predictor = get_model(model)
+        params = everything_defaults(predictor).replace(**split["everything"])
+        found = [report.advance(exclusive(segment_everything(frames[t], predictor, params))) for t in range(n)]
+    else:
+        found = _own_instances(instances, frames)
+    if not pooled:
         return link(found, None, **linking)
     predictor = get_model(model)
-    features = [pool_features(predictor.embed(frames[t]), found[t].masks) for t in range(len(frames))]
+    features = [report.advance(pool_features(predictor.embed(frames[t]), found[t].masks)) for t in range(n)]
     return link(found, features, **linking)
+
+
+class _Progress:
+    """``track``'s progress: a tqdm bar (``True``), a ``(done, total)`` callback, or nothing."""
+
+    def __init__(self, progress: bool | Callable[[int, int], None], total: int = 0):
+        if not (isinstance(progress, bool) or callable(progress)):
+            raise ValueError(f"progress must be True, False or a function (done, total); got {progress!r}")
+        self.callback = progress if callable(progress) else None
+        self.bar = tqdm(desc="track", unit="frame", disable=progress is not True)
+        self.done, self.total = 0, 0
+        self.start(total)
+
+    def start(self, total: int) -> None:
+        self.total = self.bar.total = total
+        self.bar.refresh()
+
+    def advance(self, value: Any = None) -> Any:
+        """One frame of work done; returns ``value`` (so it can wrap a step's result)."""
+        self.done = min(self.done + 1, self.total)
+        self.bar.update(1)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+        return value
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, kind, *_rest) -> None:
+        if kind is None and (self.done < self.total or not self.total):  # also sweeps that stopped early
+            self.bar.update(self.total - self.done)
+            self.done = self.total
+            if self.callback is not None:
+                self.callback(self.done, self.total)
+        self.bar.close()
 
 
 def _own_instances(instances, frames: Frames) -> list[Instances]:

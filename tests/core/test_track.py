@@ -312,3 +312,22 @@ def test_bad_input_is_rejected(easy, tmp_path):
         track(frames, start, instances=list(range(T)))
     with pytest.raises(ValueError, match=f"instances has 3 frames, the sequence {T}"):
         track(frames, instances=[Instances.empty(H, W)] * 3, feature_weight=0.0)
+
+
+def test_progress_counts_frames_up_to_the_total(easy, model):
+    frames, truth = easy
+    calls: list[tuple[int, int]] = []
+    track(frames, boxes(truth[6], [1, 2]), start_frame=6, model=model, progress=lambda *c: calls.append(c))
+    total = (T - 6) + (6 + 1)  # forwards from frame 6 to the end, backwards from 6 to the start
+    assert {t for _, t in calls} == {total} and calls[-1] == (total, total)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[0] == 1 and len(done) == total
+    calls.clear()
+    scene = generate_tracking_scene(np.random.default_rng(0), 6, (96, 96), objects=2, events=())
+    track(scene.frames, instances=list(scene.truth), feature_weight=0.0, progress=lambda *c: calls.append(c))
+    assert calls == [(0, 0)]  # linking given masks by overlap: nothing per frame, one call at the end
+    calls.clear()
+    track(frames[:4], model=model, points_per_side=8, progress=lambda *c: calls.append(c))
+    assert calls == [(k, 8) for k in range(1, 9)]  # 4 frames segmented, then 4 pooled for linking
+    with pytest.raises(ValueError, match="progress must be"):
+        track(frames, boxes(truth[0], [1]), model=model, progress="yes")

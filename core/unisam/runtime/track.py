@@ -20,7 +20,7 @@ frames some object reaches are embedded at all.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -137,7 +137,11 @@ class _Found:
 
 
 def track_objects(
-    frames: Sequence, keyframes: Mapping[int, KeyObjects], predictor: Predictor, rules: StopRules = TrackRules()
+    frames: Sequence,
+    keyframes: Mapping[int, KeyObjects],
+    predictor: Predictor,
+    rules: StopRules = TrackRules(),
+    on_frame: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[int, Instances]]:
     """Yield ``(frame index, Instances with ids)`` as the sweeps reach frames: the forward sweep's
     frames in order, then the backward sweep's (see the module docstring). A frame the backward
@@ -145,7 +149,8 @@ def track_objects(
 
     frames: images of one size (anything :func:`unisam.images.load_image` accepts), indexed lazily.
     keyframes: {frame index: Instances with ``ids`` (scores kept) or {id: Prompt} (segmented on that
-    frame once, the best of three masks for a lone click)}.
+    frame once, the best of three masks for a lone click)}. ``on_frame(index)`` is called after each
+    frame a sweep visits (at most :func:`sweep_length` calls in all).
     """
     n = len(frames)
     if n == 0:
@@ -159,7 +164,7 @@ def track_objects(
     given = {index: _Keyframe(objects) for index, objects in keyframes.items()}
     seen: dict[int, set[int]] = {}
     for direction in (1, -1):
-        yield from _sweep(frames, given, predictor, rules, direction, seen, labelled)
+        yield from _sweep(frames, given, predictor, rules, direction, seen, labelled, on_frame)
 
 
 @dataclass
@@ -199,7 +204,13 @@ class _Keyframe:
         return list(zip(ids, masks, scores, logits, labels, looks))
 
 
-def _sweep(frames, keyframes: dict[int, _Keyframe], predictor, rules, direction, seen, labelled):
+def sweep_length(n: int, keyframes: Sequence[int]) -> int:
+    """How many frames the two sweeps over ``n`` frames visit at most: forwards from the first
+    keyframe to the end, backwards from the last one to the start."""
+    return n - min(keyframes) + max(keyframes) + 1
+
+
+def _sweep(frames, keyframes: dict[int, _Keyframe], predictor, rules, direction, seen, labelled, on_frame):
     """One direction from the first keyframe along it: yields ``(index, Instances)``."""
     keys = sorted(keyframes, reverse=direction < 0)
     end = len(frames) if direction > 0 else -1
@@ -229,6 +240,8 @@ def _sweep(frames, keyframes: dict[int, _Keyframe], predictor, rules, direction,
             seen[index] = {f.track.id for f in kept}
         else:
             kept = [f for f in kept if f.track.id not in seen.get(index, ())]
+        if on_frame is not None:
+            on_frame(index)
         if kept:
             yield index, _instances(kept, labelled)
 
