@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 
 from unisam.images import load_image
-from unisam_napari._convert import image_source, on_slice, pixels_to_xy, prompt_on_slice
+from unisam import Instances, Tracks
+from unisam_napari._convert import (
+    image_source,
+    keyframe_objects,
+    on_slice,
+    paint_tracks,
+    pixels_to_xy,
+    prompt_on_slice,
+    tracks_layer_data,
+)
 from unisam_napari._sample_data import make_sample_data, make_sample_stack
 
 RNG = np.random.default_rng(0)
@@ -110,3 +119,47 @@ def test_sample_data_needs_no_download_and_has_nuclei():
     [(stack, meta, kind)] = make_sample_stack()
     assert kind == "image" and stack.dtype == np.uint16 and stack.shape == (12, 192, 192)
     assert meta["name"] != make_sample_data()[0][1]["name"]
+
+
+def square(size, top, left, side=3) -> np.ndarray:
+    mask = np.zeros(size, bool)
+    mask[top : top + side, left : left + side] = True
+    return mask
+
+
+def test_keyframe_objects_are_the_named_ids_still_drawn():
+    labels = np.zeros((4, 10, 10), np.int32)
+    labels[0][square((10, 10), 1, 1)] = 3
+    labels[0][square((10, 10), 5, 5)] = 7
+    labels[2][square((10, 10), 2, 2)] = 7
+    start = keyframe_objects(labels, {0: {3, 7, 9}, 2: [7], 3: {3}})  # 9 and frame 3's 3 were erased
+    assert sorted(start) == [0, 2]
+    assert start[0].ids.tolist() == [3, 7] and start[2].ids.tolist() == [7]
+    np.testing.assert_array_equal(start[0].masks, [labels[0] == 3, labels[0] == 7])
+    assert start[0].image_size == (10, 10)
+    assert keyframe_objects(labels, {1: {3}}) == {}
+
+
+def test_paint_tracks_redraws_tracked_ids_only_and_never_over_other_objects():
+    size = (10, 10)
+    labels = np.zeros((2, *size), np.int32)
+    labels[0][square(size, 0, 0)] = 1  # tracked: moves
+    labels[1][square(size, 0, 0)] = 1  # its old position on frame 1, to be replaced
+    labels[1][square(size, 6, 6)] = 5  # the user's own object: kept, even where a track goes
+    moved = square(size, 5, 5)  # overlaps object 5
+    tracks = [Instances.from_masks(square(size, 0, 0)[None], ids=np.array([1])),
+              Instances.from_masks(np.stack([moved, square(size, 0, 6)]), ids=np.array([1, 8]))]
+    paint_tracks(labels, tracks, [1])
+    assert (labels[0] == 1).sum() == 9
+    assert not labels[1][:3, :3].any()  # the old pixels are gone
+    np.testing.assert_array_equal(labels[1] == 1, moved & ~square(size, 6, 6))
+    assert (labels[1] == 5).sum() == 9 and not (labels[1] == 8).any()  # 8 was not asked for
+
+
+def test_tracks_layer_data_has_centroids_and_the_inverted_lineage():
+    size = (10, 10)
+    frames = [Instances.from_masks(square(size, 0, 0)[None], ids=np.array([1])),
+              Instances.from_masks(np.stack([square(size, 0, 6), square(size, 6, 0)]), ids=np.array([2, 3]))]
+    data, graph = tracks_layer_data(Tracks(frames, lineage={1: [2, 3]}))
+    np.testing.assert_allclose(data, [[1, 0, 1, 1], [2, 1, 1, 7], [3, 1, 7, 1]])  # (id, t, row, col)
+    assert graph == {2: [1], 3: [1]}

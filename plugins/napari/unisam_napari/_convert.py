@@ -9,12 +9,12 @@ coordinates; the widget maps clicks there through the layers' transforms, so ``s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from unisam import Prompt, load_image
+from unisam import Instances, Prompt, Tracks, load_image
 
 MAX_CHANNELS = 3  # grey layers composed into the R, G and B planes the model sees
 
@@ -166,3 +166,35 @@ def prompt_on_slice(
     xy = pixels_to_xy(rows_cols) if here.any() else None
     labels = np.asarray(positive, dtype=bool)[here].astype(np.float64) if here.any() else None
     return Prompt(points=xy, point_labels=labels, box=box)
+
+
+def keyframe_objects(labels: np.ndarray, keyframes: Mapping[int, Iterable[int]]) -> dict[int, Instances]:
+    """The start of :func:`unisam.track` from a ``(T, H, W)`` Labels layer: ``{frame: Instances}``
+    holding, with their ids, the objects ``keyframes`` names on each frame that are still drawn there
+    (frames with none are left out)."""
+    start = {}
+    for frame, ids in sorted(keyframes.items()):
+        present = [i for i in sorted(set(ids)) if i > 0 and (labels[frame] == i).any()]
+        if present:
+            masks = labels[frame][None] == np.array(present)[:, None, None]
+            start[frame] = Instances.from_masks(masks, ids=np.array(present, np.int64))
+    return start
+
+
+def paint_tracks(labels: np.ndarray, tracks: Sequence[Instances], ids: Iterable[int]) -> None:
+    """Write tracked objects into the ``(T, H, W)`` ``labels`` in place: on every frame each of ``ids``
+    loses its old pixels and takes its tracked mask where no other object is (keyframes come back
+    from :func:`unisam.track` as given, so they keep what the user drew). Other ids are never touched."""
+    redone = sorted({int(i) for i in ids})
+    for target, found in zip(labels, tracks):
+        target[np.isin(target, redone)] = 0
+        for object_id, mask in zip(found.ids.tolist(), found.masks):
+            if object_id in redone:
+                target[mask & (target == 0)] = object_id
+
+
+def tracks_layer_data(tracks: Tracks) -> tuple[np.ndarray, dict[int, list[int]]]:
+    """A napari ``Tracks`` layer's ``data`` ``(M, 4)`` rows ``(id, t, row, col)`` (mask centroids in data
+    coordinates) and ``graph`` ``{child id: [parent id]}`` (divisions) for ``tracks``."""
+    graph = {child: [parent] for parent, children in tracks.lineage.items() for child in children}
+    return tracks.centroids(), graph

@@ -4,13 +4,18 @@ Layers it manages (created aligned with the image layer: same scale and translat
 ``point_prompts`` (Points, bool feature ``positive``, green = positive, red = negative),
 ``box_prompts`` (Shapes rectangles), ``current_object`` (Labels, the object being prompted),
 ``committed_objects`` (Labels, one id per committed object), ``unisam_segmentation`` (Labels, from
-"segment all"). Slow work (embedding, propagation, segment all) runs in a worker thread with napari
+"segment all"); on stacks (time-lapse or z) "track all" adds ``unisam_tracks`` (Labels, one id per
+track) and ``unisam_lineage`` (Tracks, with divisions) and never replaces an earlier run's layers.
+Slow work (embedding, propagation, tracking, segment all) runs in a worker thread with napari
 progress; decoding a prompt is fast and runs synchronously on each prompt change.
 """
 
 from __future__ import annotations
 
 import functools
+import queue
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import napari
@@ -22,10 +27,14 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 import unisam
 
-from ._convert import ImageSource, image_source, prompt_on_slice
+from ._convert import ImageSource, image_source, keyframe_objects, paint_tracks, prompt_on_slice, tracks_layer_data
 
 POINTS, BOXES = "point_prompts", "box_prompts"
 CURRENT, COMMITTED, SEGMENTATION = "current_object", "committed_objects", "unisam_segmentation"
+TRACKS, LINEAGE = "unisam_tracks", "unisam_lineage"
+SEGMENT_EVERYTHING = "segment everything"  # "track all" finds the objects itself
+KEYFRAMES = "unisam_keyframes"  # committed_objects.metadata: {frame: {ids drawn or accepted there}}
+LINKERS = [("overlap + appearance (Hungarian)", "hungarian"), ("cells: laptrack (divisions)", "laptrack")]
 POLARITY_COLOURS = {True: "lime", False: "red"}
 KEYS = {"segment": "Shift-S", "commit": "Shift-C", "toggle_polarity": "Shift-T", "clear_prompts": "Shift-X"}
 _DONE = ("added", "removed", "changed")  # data event actions after an edit (not the "-ing" previews)
@@ -61,6 +70,11 @@ class UnisamWidget(Container):
         self.model = ComboBox(label="model", choices=unisam.list_models(), value=unisam.default_model())
         self.tiled = CheckBox(text="large image: work in tiles")
         self.polarity = Label(value="new points: positive")
+        self.commit_id = SpinBox(label="commit as id", value=0, min=0, max=2**31 - 1)
+        self.commit_id.tooltip = "0: a new id; an existing id replaces that object on this slice (a correction)"
+        self.segmentation = ComboBox(label="track all from", choices=self._segmentation_choices)
+        self.segmentation.tooltip = "find the objects on every frame, or link your own per-frame Labels layer"
+        self.linker = ComboBox(label="linking", choices=LINKERS, value="hungarian")
         buttons = {
             "embed": "Compute embeddings",
             "segment": f"Segment [{KEYS['segment']}]",
@@ -69,6 +83,8 @@ class UnisamWidget(Container):
             "clear_prompts": f"Clear prompts [{KEYS['clear_prompts']}]",
             "propagate": "Propagate through stack",
             "segment_all": "Segment all",
+            "track": "Track from this frame",
+            "track_all": "Track all (automatic)",
         }
         self.buttons = {name: PushButton(text=text) for name, text in buttons.items()}
         self.everything = {option.name: _option_box(option) for option in unisam.EverythingParams.options(True)}
@@ -82,9 +98,17 @@ class UnisamWidget(Container):
                 self.tiled,
                 self.buttons["embed"],
                 self.polarity,
-                *(self.buttons[n] for n in ("segment", "toggle_polarity", "commit", "clear_prompts", "propagate")),
+                self.buttons["segment"],
+                self.buttons["toggle_polarity"],
+                self.commit_id,
+                *(self.buttons[n] for n in ("commit", "clear_prompts", "propagate")),
                 *self.everything.values(),
                 self.buttons["segment_all"],
+                Label(value="time-lapse / stack tracking"),
+                self.buttons["track"],
+                self.segmentation,
+                self.linker,
+                self.buttons["track_all"],
             ]
         )
         for name in buttons:
@@ -132,15 +156,22 @@ class UnisamWidget(Container):
 
     @_reported
     def commit(self) -> int | None:
-        """Copy the current object into ``committed_objects`` under a new id; clear the prompts."""
+        """Copy the current object into ``committed_objects`` under a new id (or, with *commit as id*,
+        in place of that object on this slice); clear the prompts. On a stack the slice becomes a
+        keyframe of the object for tracking."""
         source, layer = self._source()
         _, _, current, committed = self._object_layers(source, layer)
         mask = current.data > 0
         if not mask.any():
             show_warning("unisam: nothing to commit: segment an object first")
             return None
-        new_id = int(committed.data.max()) + 1
+        new_id = self.commit_id.value or int(committed.data.max()) + 1
+        z = self._slice(source, layer)
+        here = committed.data[(z,) if source.is_stack else ()]
+        here[here == new_id] = 0
         committed.data[mask] = new_id
+        if source.is_stack:
+            _keyframes(committed).setdefault(z, set()).add(new_id)
         committed.refresh()
         self.clear_prompts()
         return new_id
@@ -198,6 +229,71 @@ class UnisamWidget(Container):
         self._start(work, source.n_slices - 1, "unisam: propagating", on_yield=paint)
 
     @_reported
+    def track(self) -> None:
+        """Follow the objects of ``committed_objects`` through the stack (core ``track``), keeping
+        their ids: the objects shown on this slice (the current object committed first) and those
+        committed on other slices start from there, forwards and backwards. Those slices keep what
+        they show (fix an object there by brush or *commit as id*, then track again: that slice
+        becomes one of them); elsewhere the tracked objects are redrawn, other objects untouched."""
+        source, layer = self._source()
+        if not source.is_stack:
+            raise ValueError("tracking needs a stack (time-lapse or z) image layer; this one is 2D")
+        _, _, current, committed = self._object_layers(source, layer)
+        z = self._slice(source, layer)
+        self._check_idle()
+        if current.data[z].any():
+            self.commit()
+        keyframes = _keyframes(committed)
+        shown = set(np.unique(committed.data[z]).tolist()) - {0}
+        if shown:
+            keyframes.setdefault(z, set()).update(shown)
+        start = keyframe_objects(committed.data, keyframes)
+        if not start:
+            raise ValueError("segment and commit objects on a frame first, then track them")
+        frames, predictor = source.frames(), self._predictor()
+
+        def work():
+            return (yield from _reporting(lambda report: unisam.track(frames, start, model=predictor, progress=report)))
+
+        def paint(tracks: unisam.Tracks) -> None:
+            paint_tracks(committed.data, tracks, [i for found in start.values() for i in found.ids.tolist()])
+            committed.refresh()
+            show_info(f"unisam: tracked {len(tracks.ids())} objects through {len(tracks)} frames")
+
+        self._start(work, 0, "unisam: tracking", on_yield=self._advance, on_return=paint)
+
+    @_reported
+    def track_all(self) -> None:
+        """Automatic tracking (core ``track`` with no prompts): every object found on every frame (or
+        the chosen Labels layer's objects) linked into tracks, shown as a new ``unisam_tracks`` Labels
+        layer and a ``unisam_lineage`` Tracks layer (divisions as its graph, with laptrack)."""
+        source, layer = self._source()
+        if not source.is_stack:
+            raise ValueError("tracking needs a stack (time-lapse or z) image layer; this one is 2D")
+        self._check_idle()
+        options = {"method": self.linker.value}
+        instances = None
+        if self.segmentation.value == SEGMENT_EVERYTHING:
+            options.update({name: box.value for name, box in self.everything.items()})
+        else:
+            instances = self._own_segmentation(self.segmentation.value, source)
+        frames, predictor = source.frames(), self._predictor()
+
+        def work():
+            return (yield from _reporting(lambda report: unisam.track(
+                frames, model=predictor, instances=instances, progress=report, **options)))
+
+        def show(tracks: unisam.Tracks) -> None:
+            where = {"scale": layer.scale, "translate": layer.translate}
+            self.viewer.add_labels(tracks.to_label_stack(), name=TRACKS, **where)
+            data, graph = tracks_layer_data(tracks)
+            if len(data):
+                self.viewer.add_tracks(data, graph=graph, name=LINEAGE, **where)
+            show_info(f"unisam: {len(tracks.ids())} tracks, {len(tracks.lineage)} divisions")
+
+        self._start(work, 0, "unisam: tracking all objects", on_yield=self._advance, on_return=show)
+
+    @_reported
     def segment_all(self) -> None:
         """Automatic masks for the current slice (core ``segment_everything``, tiled in tiled mode) into
         ``unisam_segmentation``."""
@@ -228,8 +324,23 @@ class UnisamWidget(Container):
     def _image_choices(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
 
+    def _segmentation_choices(self, _widget=None) -> list[str]:
+        """What "track all" links: segment everything, or a 3D Labels layer (the user's own)."""
+        own = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels) and layer.ndim == 3]
+        return [SEGMENT_EVERYTHING, *(name for name in own if name != CURRENT)]
+
+    def _own_segmentation(self, name: str, source: ImageSource) -> np.ndarray:
+        """The chosen Labels layer's data as the ``(T, H, W)`` integer stack ``track`` links."""
+        if name not in self.viewer.layers:
+            raise ValueError(f"the Labels layer {name!r} is gone; choose another in 'track all from'")
+        data = np.asarray(self.viewer.layers[name].data)
+        if data.shape != source.labels_shape:
+            raise ValueError(f"the Labels layer {name!r} has shape {data.shape}, the image stack {source.labels_shape}")
+        return data
+
     def _on_layers_changed(self, event) -> None:
         self.images.reset_choices()
+        self.segmentation.reset_choices()
         if isinstance(event.value, Image):
             self._prepare()
 
@@ -319,12 +430,15 @@ class UnisamWidget(Container):
         if not self._muted and str(getattr(event, "action", "changed")) in _DONE:
             self.segment()
 
-    def _start(self, work, total: int, description: str, on_yield=None) -> None:
-        """Run the generator function ``work`` in a worker thread with a napari progress bar."""
+    def _start(self, work, total: int, description: str, on_yield=None, on_return=None) -> None:
+        """Run the generator function ``work`` in a worker thread with a napari progress bar (advanced
+        by each yield, or by ``on_yield`` when ``total`` is 0); ``on_return`` gets its return value."""
         self._check_idle()
         worker = thread_worker(work, progress={"total": total, "desc": description}, ignore_errors=True)()
         if on_yield is not None:
             worker.yielded.connect(on_yield)
+        if on_return is not None:
+            worker.returned.connect(on_return)
         worker.errored.connect(lambda error: show_error(f"unisam: {error}"))
         worker.finished.connect(self._finished)
         self.worker = worker
@@ -336,6 +450,32 @@ class UnisamWidget(Container):
 
     def _finished(self) -> None:
         self.worker = None
+
+    def _advance(self, report: tuple[int, int]) -> None:
+        """Move the running job's progress bar to ``(done, total)``."""
+        if self.worker is not None:
+            bar = self.worker.pbar
+            bar.total = report[1]
+            bar.update(report[0] - bar.n)
+
+
+def _keyframes(committed: Labels) -> dict[int, set[int]]:
+    """The frames where objects were committed or tracked from, kept with the layer (its metadata)."""
+    return committed.metadata.setdefault(KEYFRAMES, {})
+
+
+def _reporting(call: Callable[[Callable[[int, int], None]], object]) -> Iterator[tuple[int, int]]:
+    """Run ``call(report)`` in a thread of its own, yield each ``(done, total)`` it reports as it
+    comes, and return its result (a worker's generator can then drive a progress bar)."""
+    reports: queue.SimpleQueue = queue.SimpleQueue()
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(call, lambda done, total: reports.put((done, total)))
+        while not (future.done() and reports.empty()):
+            try:
+                yield reports.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        return future.result()
 
 
 def _option_box(option) -> SpinBox | FloatSpinBox:
