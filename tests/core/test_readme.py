@@ -41,7 +41,7 @@ def run_block(tmp_path, monkeypatch):
 
 def test_the_readme_has_the_blocks_this_test_checks():
     blocks = python_blocks(ROOT / "README.md")
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     assert "point_labels=[1, 0]" in blocks[0] and "box=" in blocks[0]  # point, negative click and box prompts
 
 
@@ -69,3 +69,18 @@ def test_block_3_follows_a_nucleus_through_the_stack(run_block):
     assert len(found) == 12 and found[6].ids.tolist() == [1]
     assert sum(len(frame) for frame in found) >= 3
     assert printed.strip() == str([len(frame) for frame in found])
+
+
+def test_block_4_tracks_three_nuclei_prompted_and_automatically(run_block):
+    ns, printed = run_block(python_blocks(ROOT / "README.md")[3])
+    tracks, auto, scene = ns["tracks"], ns["auto"], ns["scene"]
+    assert all(frame.ids.tolist() == [1, 2, 3] for frame in tracks) and len(tracks) == 10
+    assert "{1: (0, 9), 2: (0, 9), 3: (0, 9)}" in printed
+    for t, (mine, truth) in enumerate(zip(tracks, scene.truth)):  # id k follows the k-th nucleus
+        for k in range(3):
+            inter = (mine.masks[k] & truth.masks[k]).sum()
+            assert inter / (mine.masks[k] | truth.masks[k]).sum() > 0.6, (t, k)
+    for k in range(3):  # automatic: each nucleus is one track
+        ids = {int(np.bincount(ns["labels"][t][truth.masks[k]]).argmax()) for t, truth in enumerate(scene.truth)}
+        assert len(ids) == 1 and 0 not in ids, (k, ids)
+    assert ns["table"].shape[1] == 4 and set(ns["table"][:, 0].astype(int)) == set(auto.ids().tolist())
