@@ -11,8 +11,10 @@ frame; the tracker starts from their masks on frame 0 (``segment`` gets each fra
 random weights the stop rules are switched off (:data:`NEVER_STOP`) so that the work is the same. Per object count it prints the encoder's time per frame, the tracker's time per frame and
 what it adds over the encoder (decoder call, mask upscaling, prompts, rules), the decoder's share of
 that, and ``segment`` with each frame's boxes on an empty cache. Target (issue #17): with 10 objects
-the tracker adds no more than 20% over the encoder time per frame. A third row runs 10 objects with
-lean options (``multimask=False``: one mask upscaled per object instead of three;
+the tracker adds no more than 20% over the encoder time per frame; "decoder %" is the part of that
+which is SAM's mask decoder itself (its cost grows with the objects, batched or not), "own %" the
+rest (prompts, upscaling the chosen masks, the stop rules). A third row runs 10 objects with
+lean options (``multimask=False``: one candidate mask per object;
 ``min_similarity=None``: no pooled-feature check). The machine load (1-minute
 average) is printed before and after: the numbers are only as quiet as the machine.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -36,6 +39,7 @@ LEAN = {"multimask": False, "min_similarity": None}  # one candidate mask, no ap
 # random weights give random masks: rules that never end a track keep every object decoded on every
 # frame, so that the compute is what a trained model's tracking costs
 NEVER_STOP = {"score_threshold": -1.0, "min_overlap": 0.0, "patience": 10**6, "edge_fraction": 0.0,
+              "max_area_change": math.inf, "min_area": 0,
               "min_similarity": -2.0}
 
 
@@ -114,6 +118,10 @@ def bench(predictor, n_objects: int, n_frames: int, repeats: int, **options) -> 
         "tracker_adds_ms": (trk - enc) * 1e3,
         "tracker_adds_pct_of_encoder": 100 * (trk - enc) / enc,
         "decoder_ms_per_frame": statistics.median(decoding) * 1e3,
+        "decoder_pct_of_encoder": 100 * statistics.median(decoding) / enc,
+        # what the tracker adds besides the decoder call: prompts, upscaling, rules, bookkeeping
+        "own_ms": (trk - enc - statistics.median(decoding)) * 1e3,
+        "own_pct_of_encoder": 100 * (trk - enc - statistics.median(decoding)) / enc,
         "track_fps": 1 / trk,
         "segment_ms_per_frame": statistics.median(scratch) * 1e3,
         "segment_fps": 1 / statistics.median(scratch),
@@ -153,15 +161,17 @@ def main() -> None:
     print(f"model {name} (input {predictor.spec.image_size}), {SIZE}x{SIZE} frames, {args.frames} frames x "
           f"{args.repeats} runs, {os.cpu_count()} CPUs, load average {load_before:.2f} before / {load_after:.2f} after")
     print(f"{'objects':>7} {'options':>7} {'encoder ms':>10} {'track ms':>9} {'adds ms':>8} {'adds %':>7} {'decoder ms':>10} "
-          f"{'track fps':>9} {'segment ms':>10} {'segment fps':>11}")
+          f"{'decoder %':>9} {'own ms':>7} {'own %':>6} {'track fps':>9} {'segment ms':>10} {'segment fps':>11}")
     for r in rows:
         print(f"{r['objects']:7d} {'lean' if 'multimask' in r['options'] else 'default':>7} {r['encoder_ms']:10.1f} {r['track_ms_per_frame']:9.1f} {r['tracker_adds_ms']:8.1f} "
-              f"{r['tracker_adds_pct_of_encoder']:6.0f}% {r['decoder_ms_per_frame']:10.1f} {r['track_fps']:9.1f} "
-              f"{r['segment_ms_per_frame']:10.1f} {r['segment_fps']:11.1f}  (tracked {r['tracked_on_every_frame']})")
+              f"{r['tracker_adds_pct_of_encoder']:6.0f}% {r['decoder_ms_per_frame']:10.1f} {r['decoder_pct_of_encoder']:8.0f}% "
+              f"{r['own_ms']:7.1f} {r['own_pct_of_encoder']:5.0f}% {r['track_fps']:9.1f} "
+              f"{r['segment_ms_per_frame']:10.1f} {r['segment_fps']:11.1f}  (on every frame {r['tracked_on_every_frame']})")
     ten = rows[1]
     verdict = "met" if ten["tracker_adds_pct_of_encoder"] <= 20 else "NOT met"
     print(f"target (10 objects add <= 20% of the encoder time): {verdict} "
-          f"({ten['tracker_adds_pct_of_encoder']:.0f}%, of which the decoder call {ten['decoder_ms_per_frame']:.1f} ms)")
+          f"({ten['tracker_adds_pct_of_encoder']:.0f}%: the decoder call {ten['decoder_pct_of_encoder']:.0f}%, "
+          f"the tracker's own work {ten['own_pct_of_encoder']:.0f}%)")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": name, "load": [load_before, load_after], "rows": rows}, indent=2))
 

@@ -59,16 +59,19 @@ def pool_features(embedding: Embedding, masks: np.ndarray) -> np.ndarray:
     grid = embedding.features[0].reshape(c, h * w).astype(np.float32)
     image = np.outer(rows.sum(axis=1), cols.sum(axis=1)).reshape(h * w)
     background = grid @ (image / image.sum())
-    out = np.zeros((len(masks), c), np.float32)
-    for start in range(0, len(masks), 16):  # chunks bound the float copy of the masks
-        chunk = masks[start : start + 16].astype(np.float32)
-        cover = np.matmul(rows, chunk @ cols.T).reshape(len(chunk), h * w)  # mask area per cell
-        area = cover.sum(axis=1, keepdims=True)
-        mean = cover @ grid.T / np.maximum(area, 1e-12)
-        centred = mean - background
-        # no object (empty mask) or nothing but the image's mean (rounding error) -> zeros
-        alike = np.linalg.norm(centred, axis=1) <= 1e-5 * np.linalg.norm(mean, axis=1)
-        out[start : start + len(chunk)] = np.where((area > 0) & ~alike[:, None], centred, 0)
+    cover = np.zeros((len(masks), h * w), np.float32)  # mask area per feature cell
+    any_rows, any_cols = masks.any(axis=2), masks.any(axis=1)
+    for i, mask in enumerate(masks):  # on each mask's bounding crop: the cost is its size, not the image's
+        ys, xs = np.flatnonzero(any_rows[i]), np.flatnonzero(any_cols[i])
+        if len(ys):
+            y, x = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
+            cover[i] = (rows[:, y] @ mask[y, x].astype(np.float32) @ cols[:, x].T).reshape(h * w)
+    area = cover.sum(axis=1, keepdims=True)
+    mean = cover @ grid.T / np.maximum(area, 1e-12)
+    centred = mean - background
+    # no object (empty mask) or nothing but the image's mean (rounding error) -> zeros
+    alike = np.linalg.norm(centred, axis=1) <= 1e-5 * np.linalg.norm(mean, axis=1)
+    out = np.where((area > 0) & ~alike[:, None], centred, 0)
     return _normalise(out)
 
 

@@ -145,30 +145,39 @@ class Predictor:
         multimask: bool | Sequence[bool] = True,
         best_only: bool = False,
     ) -> list[Prediction]:
-        """Predictions for many validated prompts on one image, in order.
+        """Predictions for many validated prompts on one image, in order (batched as
+        :meth:`decode_prompts`). ``best_only`` keeps only the highest-scoring candidate of each
+        prompt (K = 1), so only that mask is upscaled to full resolution.
+        """
+        results = []
+        for logits, scores in self.decode_prompts(embedding, prompts, multimask):
+            if best_only:
+                best = int(np.argmax(scores))
+                logits, scores = logits[best : best + 1], scores[best : best + 1]
+            results.append(Prediction(masks=self.upscale(embedding, logits) > 0, scores=scores, low_res_logits=logits))
+        return results
+
+    def decode_prompts(
+        self, embedding: Embedding, prompts: Sequence[Prompt], multimask: bool | Sequence[bool] = True
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per validated prompt, in order: low-res logits (K, s, s) and predicted IoU (K,), nothing
+        upscaled (for callers that choose among the candidates first; :meth:`upscale` the chosen).
 
         Prompts with the same number of points, box presence and mask presence go to the decoder
         in one batched call (no padding tokens are added, so results equal one-by-one calls).
-        ``best_only`` keeps only the highest-scoring candidate of each prompt (K = 1), so only that
-        mask is upscaled to full resolution.
         """
         flags = [multimask] * len(prompts) if isinstance(multimask, bool) else list(multimask)
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault((p.num_points, p.box is not None, p.mask is not None), []).append(i)
-        results: list[Prediction | None] = [None] * len(prompts)
+        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(prompts)
         for (_, has_box, has_mask), idx in groups.items():
             coords, labels = self._encode_points([prompts[i] for i in idx], embedding, has_box)
             masks_in = np.stack([prompts[i].mask for i in idx]) if has_mask else None
             low_res, iou = self._run_decoder(embedding, coords, labels, masks_in)
             for row, i in enumerate(idx):
                 sel = slice(1, 4) if flags[i] and low_res.shape[1] == 4 else slice(0, 1)
-                logits, scores = low_res[row, sel], iou[row, sel]
-                if best_only:
-                    best = int(np.argmax(scores))
-                    logits, scores = logits[best : best + 1], scores[best : best + 1]
-                masks = self.upscale(embedding, logits) > 0
-                results[i] = Prediction(masks=masks, scores=scores, low_res_logits=logits)
+                results[i] = (low_res[row, sel], iou[row, sel])
         return results  # type: ignore[return-value]
 
     def segment_prompts(
