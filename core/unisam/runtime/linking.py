@@ -32,6 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from ..instances import Instances
 from ..tracks import Tracks
 from .cache import Embedding
+from .pooling import mask_cover, normalise
 
 METHODS = ("hungarian", "laptrack")
 GAP_COST = 0.05  # added per missed frame, so that a recently seen track wins a tie
@@ -54,40 +55,16 @@ def pool_features(embedding: Embedding, masks: np.ndarray) -> np.ndarray:
         raise ValueError(f"masks must be (N, H, W) with (H, W) = {embedding.original_size}, got {masks.shape}")
     _, c, h, w = embedding.features.shape
     side = max(embedding.input_size)
-    rows = _cell_weights(masks.shape[1], embedding.input_size[0], side / h, h)  # (h, H)
-    cols = _cell_weights(masks.shape[2], embedding.input_size[1], side / w, w)  # (w, W)
+    cover, image = mask_cover(masks, embedding.input_size, (side / h, side / w), (h, w))
     grid = embedding.features[0].reshape(c, h * w).astype(np.float32)
-    image = np.outer(rows.sum(axis=1), cols.sum(axis=1)).reshape(h * w)
     background = grid @ (image / image.sum())
-    cover = np.zeros((len(masks), h * w), np.float32)  # mask area per feature cell
-    any_rows, any_cols = masks.any(axis=2), masks.any(axis=1)
-    for i, mask in enumerate(masks):  # on each mask's bounding crop: the cost is its size, not the image's
-        ys, xs = np.flatnonzero(any_rows[i]), np.flatnonzero(any_cols[i])
-        if len(ys):
-            y, x = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
-            cover[i] = (rows[:, y] @ mask[y, x].astype(np.float32) @ cols[:, x].T).reshape(h * w)
     area = cover.sum(axis=1, keepdims=True)
     mean = cover @ grid.T / np.maximum(area, 1e-12)
     centred = mean - background
     # no object (empty mask) or nothing but the image's mean (rounding error) -> zeros
     alike = np.linalg.norm(centred, axis=1) <= 1e-5 * np.linalg.norm(mean, axis=1)
     out = np.where((area > 0) & ~alike[:, None], centred, 0)
-    return _normalise(out)
-
-
-def _cell_weights(n: int, resized: int, cell: float, cells: int) -> np.ndarray:
-    """``(cells, n)`` float32: how much of original pixel j (resized to ``[j, j + 1) * resized / n``)
-    falls in feature cell i (``[i, i + 1) * cell``), in resized pixels."""
-    scale = resized / n
-    lo = np.arange(n) * scale
-    edges = np.arange(cells + 1) * cell
-    overlap = np.minimum(lo + scale, edges[1:, None]) - np.maximum(lo, edges[:-1, None])
-    return np.maximum(overlap, 0).astype(np.float32)
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.where(norm > 0, x / np.maximum(norm, 1e-12), 0).astype(np.float32)
+    return normalise(out)
 
 
 def link(
@@ -161,7 +138,7 @@ def _objects(frames: Sequence[Instances], features: Sequence[np.ndarray] | None)
             vectors = np.asarray(features[t], np.float32)
             if vectors.ndim != 2 or len(vectors) != len(frame):
                 raise ValueError(f"frame {t}: features must be ({len(frame)}, C), got {vectors.shape}")
-            vectors = _normalise(vectors)
+            vectors = normalise(vectors)
         out.append(_Frame((h, w), masks, rows, cols, index, area, centre, vectors))
     return out
 
