@@ -12,12 +12,16 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from .registry import BUNDLED_MODEL, ModelCard, get_card, list_models, read_export
+from .registry import (
+    BUNDLED_MODEL, DEFAULT_LABEL_MODEL, ModelCard, get_card, get_label_card, list_label_models, list_models, read_export,
+)
 from .runtime.cache import DiskEmbeddingCache
+from .runtime.clip import ClipModel
 from .runtime.predictor import Predictor
-from .weights import cache_dir, cached_sha256, resolve_weight, sha256_file
+from .weights import WeightsNotFoundError, cache_dir, cached_sha256, resolve_weight, sha256_file
 
 PREFERRED_MODEL = "edgesam"  # the default once its official weights are in the cache
 
@@ -85,17 +89,17 @@ def load_model(
     checkpoint = resolve_weight(card.checkpoint, path=weights, download=download, model=card.name, verify=verify)
     out = _export_dir(card, cached_sha256(checkpoint))  # hashed once per file version, then remembered
     if not (out / "model.json").is_file():
-        _export_into_cache(card, checkpoint, out)
+        _export_into_cache(lambda tmp: export_checkpoint(card, checkpoint, tmp), out)
     return _from_onnx_dir(out, card.name, threads, disk)
 
 
-def _export_into_cache(card: ModelCard, checkpoint: Path, out: Path) -> None:
-    """:func:`export_checkpoint` into a temporary sibling of ``out``, then renamed into place, so an
+def _export_into_cache(write: Callable[[Path], object], out: Path) -> None:
+    """``write(directory)`` into a temporary sibling of ``out``, then renamed into place, so an
     interrupted export or a concurrent one never leaves a half-written ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        export_checkpoint(card, checkpoint, tmp)
+        write(tmp)
         if (out / "model.json").is_file():
             return  # another process finished the same export first
         if out.exists():
@@ -181,3 +185,88 @@ def _from_onnx_dir(directory: Path, name: str | None, threads: int | None, disk)
         threads=threads,
         disk_cache=disk,
     )
+
+
+# -- label models (open_clip CLIP, for unisam.label) --------------------------------------------------
+
+LabelModelArg = ClipModel | str | Path | None
+
+_shared_label: dict[str, ClipModel] = {}
+
+
+def load_label_model(
+    arch: str | Path,
+    *,
+    pretrained: str | None = None,
+    weights: str | Path | None = None,
+    download: bool = True,
+    threads: int | None = None,
+) -> ClipModel:
+    """A new :class:`ClipModel` (for :func:`unisam.label`) by open_clip's names.
+
+    ``arch``: an open_clip architecture (``open_clip.list_models()``), or a directory written by
+    ``unisam.models.clip.export_clip``. ``pretrained``: an open_clip pretrained tag with registered
+    weights (``unisam.registry.list_label_models()``), downloaded once (``download=False``: only the
+    cache) into the cache directory and checked against its sha256. ``weights``: your own open_clip
+    state dict (``.bin``/``.pt`` read with ``torch.load(weights_only=True)``, or ``.safetensors``).
+    A checkpoint is exported to ONNX once (needs the ``clip`` extra: torch and open_clip) and cached
+    under ``onnx-clip/<arch>-<sha256[:12]>``; later loads need neither torch nor open_clip. Text
+    embeddings are cached under ``text-embeddings/``.
+    """
+    text_cache = cache_dir() / "text-embeddings"
+    if Path(arch).is_dir():
+        if pretrained is not None or weights is not None:
+            raise ValueError(f"{arch} is an exported model directory: it takes no pretrained or weights")
+        return ClipModel(arch, threads=threads, text_cache=text_cache)
+    arch = str(arch)
+    if pretrained is not None and weights is not None:
+        raise ValueError("give pretrained= (registered weights) or weights= (your own file), not both")
+    if weights is not None:
+        checkpoint = Path(weights).expanduser()
+        if not checkpoint.is_file():
+            raise WeightsNotFoundError(f"weight file {checkpoint} does not exist")
+        name = arch
+    elif pretrained is not None:
+        card = get_label_card(arch, pretrained)
+        checkpoint = resolve_weight(card.weights, download=download, model=card.name)
+        name = card.name
+    else:
+        raise ValueError(
+            f"name the weights of {arch!r}: pretrained=<open_clip tag> (registered: "
+            f"{', '.join(list_label_models()) or 'none'}) or weights=<an open_clip state-dict file>"
+        )
+    out = cache_dir() / "onnx-clip" / f"{arch.replace('/', '_')}-{cached_sha256(checkpoint)[:12]}"
+    if not (out / "model.json").is_file():
+        _export_into_cache(lambda tmp: _export_clip(arch, checkpoint, tmp, pretrained), out)
+    return ClipModel(out, name=name, threads=threads, text_cache=text_cache)
+
+
+def _export_clip(arch: str, checkpoint: Path, out: Path, pretrained: str | None) -> None:
+    try:
+        from .models.clip import build_open_clip, export_clip
+    except ImportError as exc:
+        raise ImportError(
+            f"exporting the open_clip model {arch!r} to ONNX needs the clip extra (torch and open_clip): "
+            f"pip install '.[clip]' ({exc})"
+        ) from exc
+    export_clip(build_open_clip(arch, checkpoint), arch, out, pretrained=pretrained)
+
+
+def get_label_model(model: LabelModelArg = None) -> ClipModel:
+    """The process-wide shared label model: a :class:`ClipModel` passes through; ``"arch/pretrained"``
+    (a registered pair) or an export directory is loaded once; None is :data:`DEFAULT_LABEL_MODEL`
+    from the cache (never downloaded implicitly: ``unisam.load_label_model(arch, pretrained=...)``
+    fetches it)."""
+    if isinstance(model, ClipModel):
+        return model
+    key = str(Path(model).resolve()) if model is not None and Path(model).is_dir() else str(model or DEFAULT_LABEL_MODEL)
+    with _shared_lock:
+        if key not in _shared_label:
+            if Path(key).is_dir():
+                _shared_label[key] = load_label_model(key)
+            else:
+                arch, sep, tag = key.partition("/")
+                if not sep:
+                    raise ValueError(f"label model {key!r}: give 'arch/pretrained' or an exported directory")
+                _shared_label[key] = load_label_model(arch, pretrained=tag, download=model is not None)
+        return _shared_label[key]

@@ -23,7 +23,8 @@ class Instances:
     masks: ``(N, H, W)`` bool. boxes: ``(N, 4)`` float32 pixel-edge ``(x1, y1, x2, y2)`` (see the
     module docstring). scores: ``(N,)`` float32 mask quality (e.g. predicted IoU). labels: N class
     names (None for an unnamed one) or None. label_scores: ``(N,)`` float32 label confidences or None.
-    ids: ``(N,)`` int64 instance/track ids or None.
+    ids: ``(N,)`` int64 instance/track ids or None. label_topk: per instance the best few
+    ``(name, probability)`` pairs, best first (what :func:`unisam.label` considered), or None.
     """
 
     masks: np.ndarray
@@ -32,6 +33,7 @@ class Instances:
     labels: list[str | None] | None = None
     label_scores: np.ndarray | None = None
     ids: np.ndarray | None = None
+    label_topk: list[list[tuple[str, float]]] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.masks, np.ndarray) or self.masks.dtype != bool or self.masks.ndim != 3:
@@ -56,6 +58,10 @@ class Instances:
             self.ids = np.asarray(self.ids, dtype=np.int64)
             if self.ids.shape != (n,):
                 raise ValueError(f"ids must have shape ({n},), got {self.ids.shape}")
+        if self.label_topk is not None:
+            self.label_topk = [[(str(name), float(p)) for name, p in ranked] for ranked in self.label_topk]
+            if len(self.label_topk) != n:
+                raise ValueError(f"label_topk must have {n} entries, got {len(self.label_topk)}")
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -88,6 +94,7 @@ class Instances:
             labels=None if self.labels is None else [self.labels[i] for i in positions.reshape(-1)],
             label_scores=None if self.label_scores is None else self.label_scores[index],
             ids=None if self.ids is None else self.ids[index],
+            label_topk=None if self.label_topk is None else [self.label_topk[i] for i in positions.reshape(-1)],
         )
 
     @classmethod
@@ -130,6 +137,7 @@ class Instances:
             return values if present else None
 
         labels, label_scores, ids = optional("labels"), optional("label_scores"), optional("ids")
+        topk = optional("label_topk")
         return cls(
             masks=np.concatenate([p.masks for p in filled]),
             boxes=np.concatenate([p.boxes for p in filled]),
@@ -137,6 +145,7 @@ class Instances:
             labels=None if labels is None else [label for part in labels for label in part],
             label_scores=None if label_scores is None else np.concatenate(label_scores),
             ids=None if ids is None else np.concatenate(ids),
+            label_topk=None if topk is None else [ranked for part in topk for ranked in part],
         )
 
     def to_rle(self) -> list[dict[str, Any]]:

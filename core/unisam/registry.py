@@ -278,3 +278,72 @@ register(
         ),
     )
 )
+
+
+# -- label models: open_clip CLIP models, named by open_clip's (architecture, pretrained tag) ----------
+
+CLIP_FORMAT = "unisam-clip-onnx-v1"  # the "format" of a model.json written by unisam.models.clip
+CLIP_MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, copied beside the graphs
+
+
+@dataclass(frozen=True)
+class LabelModelCard:
+    """An open_clip model with published weights: ``arch`` and ``pretrained`` are open_clip's names
+    (``open_clip.create_model(arch, pretrained=pretrained)``), ``weights`` the state-dict file on the
+    Hugging Face Hub that open_clip downloads for them, ``license`` the weights' licence."""
+
+    arch: str
+    pretrained: str
+    weights: WeightFile
+    license: str
+    description: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}/{self.pretrained}"
+
+
+_LABEL_REGISTRY: dict[tuple[str, str], LabelModelCard] = {}
+# the label model used when none is named: a convolutional CLIP (dense pooling suits it), MIT-licensed
+DEFAULT_LABEL_MODEL = "convnext_base_w/laion2b_s13b_b82k_augreg"
+
+
+def register_label_model(card: LabelModelCard) -> LabelModelCard:
+    """Add a label-model card (unique by (arch, pretrained))."""
+    key = (card.arch, card.pretrained)
+    if key in _LABEL_REGISTRY:
+        raise ValueError(f"label model {card.name!r} is already registered")
+    _LABEL_REGISTRY[key] = card
+    return card
+
+
+def get_label_card(arch: str, pretrained: str) -> LabelModelCard:
+    """The card of open_clip's (``arch``, ``pretrained``); a clear error listing the known pairs otherwise."""
+    try:
+        return _LABEL_REGISTRY[(arch, pretrained)]
+    except KeyError:
+        known = ", ".join(sorted(c.name for c in _LABEL_REGISTRY.values()))
+        raise ValueError(
+            f"no registered weights for open_clip {arch!r} pretrained={pretrained!r}; registered: {known}. "
+            "For other weights pass weights=<open_clip state-dict file>"
+        ) from None
+
+
+def list_label_models() -> list[str]:
+    """``arch/pretrained`` of every registered label model."""
+    return sorted(c.name for c in _LABEL_REGISTRY.values())
+
+
+def read_clip_export(directory: str | Path) -> dict[str, Any]:
+    """The metadata (model.json) of a directory written by :func:`unisam.models.clip.export_clip`."""
+    meta_path = Path(directory) / "model.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{directory} has no model.json: not a CLIP model exported by unisam")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{meta_path} is not readable JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CLIP_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{meta_path}: format {found!r} is not a CLIP export ({CLIP_FORMAT})")
+    return meta
