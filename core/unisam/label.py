@@ -210,7 +210,9 @@ def _by_example(
         predictor = get_model(segment_model)
 
         def features(array: np.ndarray, masks: np.ndarray) -> np.ndarray:
-            return pool_features(predictor.embed(array), masks)
+            # not centred on the image's mean: across images, what an object shares with its
+            # surroundings is evidence of its kind (5 examples per class on synthetic mosaics: 62% vs 53%)
+            return pool_features(predictor.embed(array), masks, centre=False)
 
     sums: dict[str, np.ndarray] = {}
     for k, pair in enumerate(examples):
@@ -236,7 +238,7 @@ def _by_example(
 
 
 def _with_labels(instances: Instances, names: list[str], probs: np.ndarray, top_k: int, unknown: float) -> Instances:
-    empty = ~instances.masks.reshape(len(instances), -1).any(axis=1)
+    empty = ~instances.masks.any(axis=(1, 2))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
     labels: list[str | None] = []
     scores = np.zeros(len(instances), np.float32)

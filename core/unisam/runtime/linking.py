@@ -40,10 +40,10 @@ VELOCITY_SMOOTHING = 0.5  # weight of the newest centroid step in a track's velo
 _NEVER = 1e6  # the cost of a pair that may not link
 
 
-def pool_features(embedding: Embedding, masks: np.ndarray) -> np.ndarray:
+def pool_features(embedding: Embedding, masks: np.ndarray, *, centre: bool = True) -> np.ndarray:
     """``(N, C)`` float32 appearance vectors: the mean of ``embedding.features`` ``(1, C, h, w)`` inside
     each of the ``(N, H, W)`` bool masks (``(H, W)`` = ``embedding.original_size``) minus the mean over
-    the whole image, L2-normalised; an empty mask gives zeros.
+    the whole image (``centre=False``: not subtracted), L2-normalised; an empty mask gives zeros.
 
     The feature grid covers the padded ``S x S`` model input (``S`` = the longest side of
     ``embedding.input_size``) whose top-left ``input_size`` part is the resized image; each feature
@@ -60,7 +60,7 @@ def pool_features(embedding: Embedding, masks: np.ndarray) -> np.ndarray:
     background = grid @ (image / image.sum())
     area = cover.sum(axis=1, keepdims=True)
     mean = cover @ grid.T / np.maximum(area, 1e-12)
-    centred = mean - background
+    centred = mean - background if centre else mean
     # no object (empty mask) or nothing but the image's mean (rounding error) -> zeros
     alike = np.linalg.norm(centred, axis=1) <= 1e-5 * np.linalg.norm(mean, axis=1)
     out = np.where((area > 0) & ~alike[:, None], centred, 0)

@@ -57,7 +57,7 @@ from .shapes import shapes
 from .tracking import EVENTS, TrackingScene, generate_tracking_scene
 
 __all__ = ["EVENTS", "KINDS", "MIN_AREA", "Sample", "SyntheticDataset", "TrackingScene", "contact_sheet",
-           "generate_sample", "generate_sequence", "generate_tracking_scene", "write_coco"]
+           "generate_kind_mosaic", "generate_sample", "generate_sequence", "generate_tracking_scene", "write_coco"]
 
 BUILDERS: dict[str, Callable[[np.random.Generator, tuple[int, int], bool], Scene]] = {
     "shapes": shapes, "nuclei": nuclei, "cells": cells, "brightfield": brightfield,
@@ -89,6 +89,30 @@ def generate_sequence(rng: np.random.Generator, n_frames: int, size: tuple[int, 
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     scene = BUILDERS[kind](rng, size, True)
     return [collect(*scene(float(t), rng), kind) for t in range(n_frames)]
+
+
+def generate_kind_mosaic(
+    rng: np.random.Generator, size: tuple[int, int] = (256, 256)
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An RGB uint8 image of 2 x 2 tiles, one scene of each kind in :data:`KINDS` in random places,
+    with its ``(N, H, W)`` masks and each object's kind as its class name (for labeling by example:
+    distinct kinds of objects in one image, where the tile a kind lands in tells nothing)."""
+    h, w = _check(size, None)
+    if min(h, w) < 64:
+        raise ValueError(f"a mosaic needs both sides >= 64 (tiles of >= 32), got {size}")
+    image = np.zeros((h, w, 3), np.uint8)
+    masks, labels = [], []
+    tiles = [(slice(0, h // 2), slice(0, w // 2)), (slice(0, h // 2), slice(w // 2, w)),
+             (slice(h // 2, h), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))]
+    for kind, (ys, xs) in zip(rng.permutation(KINDS), tiles):
+        sample = generate_sample(rng, (ys.stop - ys.start, xs.stop - xs.start), str(kind))
+        image[ys, xs] = load_image(sample.image)
+        for m in sample.masks:
+            full = np.zeros((h, w), bool)
+            full[ys, xs] = m
+            masks.append(full)
+            labels.append(str(kind))
+    return image, np.asarray(masks, bool).reshape(-1, h, w), labels
 
 
 class SyntheticDataset:
