@@ -15,10 +15,12 @@ from .frames import Frames, open_frames
 from .hub import default_model, get_label_model, get_model, load_label_model, load_model, model_name
 from .images import load_image
 from .instances import Instances
+from .label import MODES as LABEL_MODES
+from .label import TEMPLATES as LABEL_TEMPLATES
 from .label import Vocabulary, label, segment_and_label
 from .masks import masks_to_boxes
 from .prompts import Prompt
-from .registry import list_models
+from .registry import DEFAULT_LABEL_MODEL, list_label_models, list_models
 from .runtime.cache import Embedding, LRUCache
 from .runtime.clip import ClipModel
 from .runtime.everything import EverythingParams
@@ -30,6 +32,9 @@ from .tracks import Tracks
 from .weights import WeightsNotFoundError, cache_dir
 
 __all__ = [
+    "DEFAULT_LABEL_MODEL",
+    "LABEL_MODES",
+    "LABEL_TEMPLATES",
     "ClipModel",
     "Embedding",
     "EverythingParams",
@@ -52,6 +57,7 @@ __all__ = [
     "get_label_model",
     "get_model",
     "label",
+    "list_label_models",
     "list_models",
     "load_image",
     "load_label_model",

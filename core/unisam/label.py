@@ -82,18 +82,27 @@ class Vocabulary:
                 text = Path(vocabulary).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise ValueError(f"cannot read the vocabulary file {vocabulary}: {exc}") from None
-            entries: Iterable[Sequence[str]] = [
-                line.split("#", 1)[0].split(",") for line in text.splitlines() if line.split("#", 1)[0].strip()
-            ]
-        elif isinstance(vocabulary, str):
+            return cls.from_text(text)
+        if isinstance(vocabulary, str):
             raise ValueError(
-                f"vocabulary {vocabulary!r} is a string: give a list of class names, or the path of an "
-                "existing text file with one class per line"
+                f"vocabulary {vocabulary!r} is a string: give a list of class names, the path of an "
+                "existing text file with one class per line, or Vocabulary.from_text(text)"
             )
-        elif isinstance(vocabulary, Mapping):
+        if isinstance(vocabulary, Mapping):
             entries = [[name, *synonyms] for name, synonyms in vocabulary.items()]
         else:
             entries = [str(name).split(",") for name in vocabulary]
+        return cls._build(entries)
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocabulary:
+        """One class per line, synonyms after commas (``tv, television``), ``#`` starts a comment: the
+        format of vocabulary files and of the hosts' vocabulary boxes."""
+        lines = (line.split("#", 1)[0] for line in text.splitlines())
+        return cls._build([line.split(",") for line in lines if line.strip()])
+
+    @classmethod
+    def _build(cls, entries: Iterable[Sequence[str]]) -> Vocabulary:
         classes = []
         for entry in entries:
             words = tuple(dict.fromkeys(" ".join(str(w).split()) for w in entry if str(w).strip()))

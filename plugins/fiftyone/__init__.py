@@ -24,7 +24,7 @@ from fiftyone.operators.executor import ExecutionOptions
 
 import unisam
 
-from .zoo import keyframes_from_labels, segment_sample, to_detections
+from .zoo import from_detections, keyframes_from_labels, segment_sample, set_label, to_detections
 
 logger = logging.getLogger("unisam.fiftyone")
 
@@ -49,6 +49,8 @@ class _Segment(foo.Operator):
     default_field = ""
     media_type = "image"  # the samples the operator reads
     write_every = WRITE_EVERY  # samples computed between two database writes
+    info_key = "unisam"  # the run summary's key in the output field's info
+    verb = "segmented"  # what the final message says was done to the samples
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -120,6 +122,13 @@ class _Segment(foo.Operator):
         except ValueError as error:
             found["model"] = str(error)
         found.update(self.own_problems(ctx))
+        found.update(self.output_problems(ctx))
+        return found
+
+    def output_problems(self, ctx) -> dict[str, str]:
+        """Why the output field cannot be written: a bad name, a prompt field, another type, or an
+        existing field without 'overwrite'."""
+        found = {}
         field = self.param(ctx, "label_field")
         schema = self.schema(ctx)
         if not field or "." in field or field.startswith("_"):
@@ -227,11 +236,10 @@ class _Segment(foo.Operator):
             "failed": failed,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _record(ctx.dataset, self.path(field), summary)
-        verb = "tracked" if self.media_type == "video" else "segmented"
-        message = f"unisam: {segmented} / {len(ids)} samples {verb} into {field!r} ({instances} masks)"
+        _record(ctx.dataset, self.path(field), summary, self.info_key)
+        message = f"unisam: {segmented} / {len(ids)} samples {self.verb} into {field!r} ({instances} masks)"
         if failed:
-            message += f"; {len(failed)} skipped, listed in the field's info['unisam']['failed']"
+            message += f"; {len(failed)} skipped, listed in the field's info[{self.info_key!r}]['failed']"
         logger.info(message)
         if not ctx.delegated:
             yield ctx.ops.notify(message, variant="warning" if failed else "success")
@@ -245,7 +253,7 @@ class _Segment(foo.Operator):
         result = foo.execute_operator(self.uri, ctx, params=params, request_delegation=delegate)
         if delegate:
             return result
-        return samples.get_field(self.path(params.get("label_field", self.default_field))).info["unisam"]
+        return samples.get_field(self.path(params.get("label_field", self.default_field))).info[self.info_key]
 
 
 class SegmentWithPrompts(_Segment):
@@ -321,12 +329,13 @@ class SegmentWithPrompts(_Segment):
 
 
 class SegmentEverything(_Segment):
-    """Automatic instance masks for every sample (SAM's automatic mask generator recipe)."""
+    """Automatic instance masks for every sample (SAM's automatic mask generator recipe), optionally
+    named from a vocabulary in the same run (``unisam.segment_and_label``)."""
 
     about = dict(
         name="segment_everything",
         label="unisam: segment everything",
-        description="Automatic instance masks for every sample of the target view",
+        description="Automatic instance masks for every sample of the target view, optionally labelled",
     )
     default_field = "unisam_everything"
 
@@ -338,22 +347,55 @@ class SegmentEverything(_Segment):
         output_dir: str | None = None,
         overwrite: bool = False,
         delegate: bool = False,
+        vocabulary: str | list[str] | None = None,
+        label_model: str | None = None,
         **everything,
     ):
+        """``vocabulary`` (a list, or text with one class per line): name each mask with ``label_model``."""
         unisam.EverythingParams().replace(**everything)  # unknown names or bad values raise here
-        params = dict(label_field=label_field, model=model, output_dir=output_dir, overwrite=overwrite, **everything)
+        if isinstance(vocabulary, (list, tuple)):
+            vocabulary = "\n".join(vocabulary)
+        params = dict(label_field=label_field, model=model, output_dir=output_dir, overwrite=overwrite,
+                      vocabulary=vocabulary, label_model=label_model, **everything)
         return self.run_from_python(samples, params, delegate)
 
     def own_defaults(self) -> dict:
-        return dict.fromkeys(unisam.EverythingParams.names())  # None: the model's own default
+        # None: the model's own default; no vocabulary: masks without names
+        return {**dict.fromkeys(unisam.EverythingParams.names()), "vocabulary": None, "label_model": None}
 
     def own_inputs(self, ctx, inputs):
-        return _everything_inputs(inputs, self.param(ctx, "model"))
+        props = _everything_inputs(inputs, self.param(ctx, "model"))
+        props["vocabulary"] = inputs.str(
+            "vocabulary", label="Vocabulary (optional)", view=types.TextFieldView(multiline=True),
+            description="name each mask: one class per line, synonyms after commas (a CLIP model)",
+        )
+        props["label_model"] = inputs.str(
+            "label_model", label="CLIP model",
+            description=f"open_clip 'arch/pretrained' or an exported folder (default {unisam.DEFAULT_LABEL_MODEL})",
+        )
+        return props
+
+    def own_problems(self, ctx) -> dict[str, str]:
+        text = self.param(ctx, "vocabulary")
+        try:
+            if text:
+                unisam.Vocabulary.from_text(text)
+        except ValueError as error:
+            return {"vocabulary": str(error)}
+        return {}
 
     def segment(self, ctx, image, sample, predictor):
         given = {name: self.param(ctx, name) for name in unisam.EverythingParams.names()}
         params = {name: value for name, value in given.items() if value is not None}
-        return to_detections(unisam.segment_everything(image, model=predictor, **params))
+        text = self.param(ctx, "vocabulary")
+        if text:
+            found = unisam.segment_and_label(
+                image, unisam.Vocabulary.from_text(text), model=predictor, label_model=self.param(ctx, "label_model"),
+                **params,
+            )
+        else:
+            found = unisam.segment_everything(image, model=predictor, **params)
+        return to_detections(found)
 
 
 class Track(_Segment):
@@ -367,6 +409,7 @@ class Track(_Segment):
     )
     default_field = "unisam_tracks"
     media_type = "video"
+    verb = "tracked"
     write_every = 1  # a video's masks are written as soon as it is done
 
     def __call__(
@@ -461,6 +504,167 @@ class Track(_Segment):
         }
 
 
+class LabelMasks(_Segment):
+    """Class names for the masks of an existing Detections field (``unisam.label``), written into that
+    field: each detection's ``label`` (kept where already set, unless 'overwrite'), ``confidence`` =
+    the label's probability (the mask's own confidence moves to ``mask_confidence``), and the
+    runners-up in ``label_alternatives`` / ``label_alternative_scores``."""
+
+    about = dict(
+        name="label_masks",
+        label="unisam: label masks",
+        description="Class names for the masks of a Detections field, from a vocabulary, the dataset's "
+        "classes, or labelled samples as examples",
+    )
+    default_field = ""
+    info_key = "unisam_label"
+    verb = "labelled"
+    SOURCES = {
+        "vocabulary": "a vocabulary typed here (CLIP)",
+        "dataset": "the dataset's classes for the field (CLIP)",
+        "examples": "the labelled masks of samples with a tag (no CLIP needed)",
+    }
+
+    def __call__(
+        self,
+        samples,
+        label_field: str,
+        vocabulary: str | list[str] | None = None,
+        source: str | None = None,
+        examples_tag: str | None = None,
+        mode: str = "ensemble",
+        label_model: str | None = None,
+        unknown: float = 0.0,
+        model: str | None = None,
+        overwrite: bool = False,
+        delegate: bool = False,
+    ):
+        """``vocabulary``: class names (a list, or text with one class per line, synonyms after
+        commas); ``source`` defaults to "vocabulary" when one is given, else "examples" with an
+        ``examples_tag``, else "dataset"."""
+        if isinstance(vocabulary, (list, tuple)):
+            vocabulary = "\n".join(vocabulary)
+        if source is None:
+            source = "vocabulary" if vocabulary else "examples" if examples_tag else "dataset"
+        params = dict(
+            label_field=label_field, vocabulary=vocabulary, source=source, examples_tag=examples_tag, mode=mode,
+            label_model=label_model, unknown=unknown, model=model, overwrite=overwrite,
+        )
+        return self.run_from_python(samples, params, delegate)
+
+    def own_defaults(self) -> dict:
+        return {"vocabulary": None, "source": "vocabulary", "examples_tag": None, "mode": "ensemble",
+                "label_model": None, "unknown": 0.0}
+
+    def own_inputs(self, ctx, inputs):
+        sources = types.RadioGroup()
+        for key, text in self.SOURCES.items():
+            sources.add_choice(key, label=text)
+        modes = types.RadioGroup()
+        for mode in unisam.LABEL_MODES:
+            modes.add_choice(mode, label=mode)
+        return {
+            "source": inputs.enum("source", sources.values(), default="vocabulary", label="Names from", view=sources),
+            "vocabulary": inputs.str(
+                "vocabulary", label="Vocabulary", description="one class per line; synonyms after commas",
+                view=types.TextFieldView(multiline=True),
+            ),
+            "examples_tag": inputs.str(
+                "examples_tag", label="Examples tag", description="samples with this tag and labelled masks"
+            ),
+            "mode": inputs.enum("mode", modes.values(), default="ensemble", label="Scoring", view=modes),
+            "label_model": inputs.str(
+                "label_model", label="CLIP model",
+                description=f"open_clip 'arch/pretrained' or an exported folder (default {unisam.DEFAULT_LABEL_MODEL})",
+            ),
+            "unknown": inputs.float(
+                "unknown", default=0.0, min=0, max=1, label="Unknown below",
+                description="a mask whose best class probability is below this stays unlabelled",
+            ),
+        }
+
+    def prompt_fields(self, ctx) -> list[str]:
+        return [self.param(ctx, "label_field")]  # read and written: its masks are labelled in place
+
+    def output_problems(self, ctx) -> dict[str, str]:
+        field = self.param(ctx, "label_field")
+        if not field or not _holds(self.schema(ctx).get(field), fol.Detections):
+            return {"label_field": "choose the Detections field (with masks) whose masks to label"}
+        return {}
+
+    def own_problems(self, ctx) -> dict[str, str]:
+        source = self.param(ctx, "source")
+        if source not in self.SOURCES:
+            return {"source": f"source must be one of {sorted(self.SOURCES)}, got {source!r}"}
+        if self.param(ctx, "mode") not in unisam.LABEL_MODES:
+            return {"mode": f"mode must be one of {unisam.LABEL_MODES}"}
+        try:
+            if source == "vocabulary":
+                unisam.Vocabulary.from_text(self.param(ctx, "vocabulary") or "")
+            elif source == "dataset":
+                self.dataset_vocabulary(ctx)
+        except ValueError as error:
+            return {"vocabulary" if source == "vocabulary" else "source": str(error)}
+        if source == "examples":
+            tag = self.param(ctx, "examples_tag")
+            if not tag or not len(ctx.dataset.match_tags(tag)):
+                return {"examples_tag": f"no sample has the tag {tag!r}: tag samples whose masks are labelled"}
+        return {}
+
+    def dataset_vocabulary(self, ctx) -> unisam.Vocabulary:
+        names = ctx.dataset.classes.get(self.param(ctx, "label_field")) or ctx.dataset.default_classes
+        if not names:
+            raise ValueError("the dataset has no classes for this field (dataset.classes or default_classes)")
+        return unisam.Vocabulary.parse(list(names))
+
+    def execute(self, ctx):
+        source = self.param(ctx, "source")
+        run = self._runs = getattr(self, "_runs", {})
+        if not self.problems(ctx, ctx.target_view()):
+            if source == "vocabulary":
+                run[id(ctx)] = {"vocabulary": unisam.Vocabulary.from_text(self.param(ctx, "vocabulary"))}
+            elif source == "dataset":
+                run[id(ctx)] = {"vocabulary": self.dataset_vocabulary(ctx)}
+            else:
+                run[id(ctx)] = {"examples": self.examples(ctx)}
+        try:
+            yield from super().execute(ctx)
+        finally:
+            run.pop(id(ctx), None)
+
+    def examples(self, ctx) -> list[tuple[str, unisam.Instances]]:
+        """(image path, labelled Instances) of the tagged samples' labelled masks."""
+        field, pairs = self.param(ctx, "label_field"), []
+        for sample in ctx.dataset.match_tags(self.param(ctx, "examples_tag")).select_fields(field):
+            detections = [d for d in (sample[field].detections if sample[field] else []) if d.label and d.has_mask]
+            if detections:
+                height, width = unisam.load_image(sample.filepath).shape[:2]
+                pairs.append((sample.filepath, from_detections(detections, width, height)))
+        if not pairs:
+            raise ValueError(f"the samples tagged {self.param(ctx, 'examples_tag')!r} have no labelled masks in {field!r}")
+        return pairs
+
+    def compute(self, ctx, sample, predictor):
+        field = self.param(ctx, "label_field")
+        detections = sample[field]
+        if detections is None or not detections.detections:
+            raise ValueError(f"the sample has no {field!r} detections to label")
+        image = unisam.load_image(sample.filepath)
+        height, width = image.shape[:2]
+        labelled = unisam.label(
+            image, from_detections(detections.detections, width, height), model=self.param(ctx, "label_model"),
+            mode=self.param(ctx, "mode"), unknown=self.param(ctx, "unknown"), segment_model=predictor,
+            **self._runs[id(ctx)],
+        )
+        overwrite = self.param(ctx, "overwrite")
+        for det, name, score, ranked in zip(
+            detections.detections, labelled.labels, labelled.label_scores, labelled.label_topk
+        ):
+            if not det.label or overwrite:
+                set_label(det, name, score, ranked)
+        return detections
+
+
 def _everything_inputs(inputs: types.Object, model: str) -> dict:
     """The form's inputs for the common segment-everything thresholds, defaulting to ``model``'s."""
     try:
@@ -491,15 +695,15 @@ def _export_masks(detections: fol.Detections, directory: str, sample_id: str) ->
         detection.export_mask(os.path.join(directory, f"{sample_id}-{i}.png"), update=True)
 
 
-def _record(dataset, path: str, summary: dict) -> None:
-    """Store the run summary in the output field's ``info["unisam"]`` (creating the field if no
-    sample succeeded); ``path``: the field's name, ``frames.<name>`` for a frame field."""
+def _record(dataset, path: str, summary: dict, key: str = "unisam") -> None:
+    """Store the run summary in the output field's ``info[key]`` (creating the field if no sample
+    succeeded); ``path``: the field's name, ``frames.<name>`` for a frame field."""
     if not dataset.has_field(path):
         frames, name = path.startswith("frames."), path.removeprefix("frames.")
         add = dataset.add_frame_field if frames else dataset.add_sample_field
         add(name, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detections)
     field = dataset.get_field(path)
-    field.info = {**(field.info or {}), "unisam": summary}
+    field.info = {**(field.info or {}), key: summary}
     field.save()
 
 
@@ -507,3 +711,4 @@ def register(plugin) -> None:
     plugin.register(SegmentWithPrompts)
     plugin.register(SegmentEverything)
     plugin.register(Track)
+    plugin.register(LabelMasks)

@@ -92,7 +92,7 @@ def test_a_repeated_vocabulary_encodes_no_text(clip, scene, monkeypatch, tmp_pat
     calls = count_text_encoding(clip, monkeypatch)
     vocab = ["a class seen once", "another new one"]
     unisam.label(image, instances, vocab, model=clip, mode="dense")
-    assert calls == [2 * len(unisam.label.__globals__["TEMPLATES"])]  # one batch for the new classes
+    assert calls == [2 * len(unisam.LABEL_TEMPLATES)]  # one batch for the new classes
     unisam.label(image, instances, vocab, model=clip, mode="dense")
     unisam.label(image, instances, vocab[::-1], model=clip, mode="dense")
     assert len(calls) == 1

@@ -41,7 +41,7 @@ def run_block(tmp_path, monkeypatch):
 
 def test_the_readme_has_the_blocks_this_test_checks():
     blocks = python_blocks(ROOT / "README.md")
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     assert "point_labels=[1, 0]" in blocks[0] and "box=" in blocks[0]  # point, negative click and box prompts
 
 
@@ -84,3 +84,11 @@ def test_block_4_tracks_three_nuclei_prompted_and_automatically(run_block):
         ids = {int(np.bincount(ns["labels"][t][truth.masks[k]]).argmax()) for t, truth in enumerate(scene.truth)}
         assert len(ids) == 1 and 0 not in ids, (k, ids)
     assert ns["table"].shape[1] == 4 and set(ns["table"][:, 0].astype(int)) == set(auto.ids().tolist())
+
+
+def test_block_5_names_objects_by_example(run_block):
+    ns, printed = run_block(python_blocks(ROOT / "README.md")[4])
+    found, truth = ns["found"], ns["truth"]
+    assert len(found) == len(truth) and set(found.labels) <= set(truth)
+    assert np.mean([a == b for a, b in zip(found.labels, truth)]) > 0.35  # four kinds: chance is 0.25
+    assert str(found.labels[:4]) in printed and len(found.label_topk[0]) == 4

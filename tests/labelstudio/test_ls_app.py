@@ -210,7 +210,8 @@ def test_webhook_events(client):
     event = load_fixture("webhook_annotation_created.json")
     answer = client.post("/webhook", json=event)
     assert answer.status_code == 201
-    assert answer.json() == {"status": "ok", "result": {"trained": False, "model_version": "unisam-tiny"}}
+    # the annotation's brush region (with the task's image) became one example for auto-labeling
+    assert answer.json() == {"status": "ok", "result": {"trained": False, "examples": 1, "model_version": "unisam-tiny"}}
     for action in ("START_TRAINING", "ANNOTATION_UPDATED", "ANNOTATION_DELETED"):
         assert client.post("/webhook", json={"action": action, "project": event["project"]}).status_code == 201
     assert client.post("/webhook", json={"action": "TASKS_CREATED"}).json() == {"status": "Unknown event"}

@@ -73,7 +73,9 @@ def to_detections(
 ) -> fol.Detections:
     """Instances -> ``fo.Detections``: the pixel-edge box ``(x1, y1, x2, y2)`` becomes the relative box
     ``[x1 / W, y1 / H, (x2 - x1) / W, (y2 - y1) / H]``, the mask is cropped to it, the
-    confidence is the predicted IoU and the label the prompt's; ``prompt_id`` (when ``prompt_ids``
+    confidence is the predicted IoU and the label the prompt's (labelled by ``unisam.label``: the
+    confidence is the label's probability, the IoU ``mask_confidence``, the runners-up
+    ``label_alternatives`` / ``label_alternative_scores``); ``prompt_id`` (when ``prompt_ids``
     is given) is the id of the label that prompted it, ``index`` (when ``indices`` is given, one per
     instance) its object id. Empty masks are left out."""
     height, width = instances.image_size
@@ -89,12 +91,41 @@ def to_detections(
             mask=crop,
             confidence=float(instances.scores[i]),
         )
+        if instances.label_scores is not None:
+            set_label(det, labels[i], instances.label_scores[i], (instances.label_topk or [[]] * len(instances))[i])
         if prompt_ids is not None:
             det["prompt_id"] = prompt_ids[i]
         if indices is not None:
             det.index = int(indices[i])
         detections.append(det)
     return fol.Detections(detections=detections)
+
+
+def set_label(detection: fol.Detection, name: str | None, score: float, ranked: Sequence[tuple[str, float]]) -> None:
+    """Write a ``unisam.label`` result into a detection: ``label``, ``confidence`` = its probability
+    (the mask's own confidence kept once as ``mask_confidence``), the runners-up in
+    ``label_alternatives`` / ``label_alternative_scores``."""
+    if not detection.has_field("mask_confidence"):
+        detection["mask_confidence"] = detection.confidence
+    detection.label, detection.confidence = name, float(score)
+    detection["label_alternatives"] = [n for n, _ in ranked]
+    detection["label_alternative_scores"] = [float(p) for _, p in ranked]
+
+
+def from_detections(detections: Sequence[fol.Detection], width: int, height: int) -> unisam.Instances:
+    """Detections with instance masks -> ``Instances`` of a ``height x width`` image: full-frame masks,
+    ``scores`` their confidences (1 where unset), ``labels`` theirs (None when none has one).
+    Raises ``ValueError`` when a detection has no mask."""
+    if any(not d.has_mask for d in detections):
+        raise ValueError("some detections have no instance mask (give a field with masks, e.g. from segment)")
+    if not detections:
+        return unisam.Instances.empty(height, width)
+    masks = [d.to_segmentation(frame_size=(width, height), target=1).mask.astype(bool) for d in detections]
+    scores = [1.0 if d.confidence is None else d.confidence for d in detections]
+    names = [d.label for d in detections]
+    return unisam.Instances.from_masks(
+        np.stack(masks), np.array(scores, np.float32), labels=names if any(n is not None for n in names) else None
+    )
 
 
 def keyframes_from_labels(
@@ -141,14 +172,9 @@ def keyframes_from_labels(
                 "objects' masks or box prompts on one frame"
             )
         if all(masked):
-            masks = [d.to_segmentation(frame_size=(width, height), target=1).mask.astype(bool) for d in items]
-            scores = [1.0 if d.confidence is None else d.confidence for d in items]
-            names = [d.label for d in items]
+            found = from_detections(items, width, height)
             start[number - 1] = unisam.Instances.from_masks(
-                np.stack(masks),
-                np.array(scores, np.float32),
-                ids=np.array(ids, np.int64),
-                labels=names if any(name is not None for name in names) else None,
+                found.masks, found.scores, ids=np.array(ids, np.int64), labels=found.labels
             )
         else:
             start[number - 1] = dict(zip(ids, prompts))

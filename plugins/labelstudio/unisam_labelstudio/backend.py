@@ -28,6 +28,7 @@ from .images import ImageError, TaskImages
 from .regions import (
     VIDEO_BOX_TYPE,
     VideoBox,
+    brush_mask,
     brush_region,
     parse_context,
     parse_video_context,
@@ -38,6 +39,8 @@ from .regions import (
 logger = logging.getLogger(__name__)
 
 TRAIN_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "START_TRAINING")
+AUTO_LABEL = ("off", "text", "examples")
+EXAMPLE_TASKS = 50  # annotated tasks per project kept as examples for auto_label="examples" (newest)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ class Settings:
     (``BASIC_AUTH_USER`` + ``BASIC_AUTH_PASS``): require these HTTP basic credentials on every request.
     image_cache_mb (``UNISAM_IMAGE_CACHE_MB``, default 256): memory for recently fetched images.
     video_track_frames (``UNISAM_VIDEO_TRACK_FRAMES``, default 100): how many frames after the drawn
-    one a smart video box is tracked over (fewer at the end of the video).
+    one a smart video box is tracked over (fewer at the end of the video). label_model
+    (``UNISAM_LABEL_MODEL``): the CLIP model that names regions from the config's labels (open_clip
+    ``arch/pretrained`` or an exported folder; None = :data:`unisam.DEFAULT_LABEL_MODEL`).
     """
 
     model: str | None = None
@@ -63,6 +68,7 @@ class Settings:
     basic_auth: tuple[str, str] | None = None
     image_cache_mb: float = 256
     video_track_frames: int = 100
+    label_model: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -85,6 +91,7 @@ class Settings:
             basic_auth=(user, password) if user and password else None,
             image_cache_mb=float(get("UNISAM_IMAGE_CACHE_MB") or 256),
             video_track_frames=int(track_frames),
+            label_model=get("UNISAM_LABEL_MODEL"),
         )
 
 
@@ -105,13 +112,21 @@ class ProjectSetup:
 
     hostname, access_token: Label Studio's address and the project creator's token (used when the
     environment gives none). everything: segment-everything parameters from the ML backend's extra
-    params; label: the brush label of batch predictions (default: the first one of the config).
+    params; label: the brush label of batch predictions (default: the first one of the config), or
+    of regions that auto-labeling leaves unnamed. auto_label (extra param): "off", "text" (each batch
+    region named from the config's brush labels with a CLIP model) or "examples" (named like the
+    regions of the project's submitted annotations; no CLIP needed). auto_label_clicks: also name
+    the interactive (clicked) region instead of keeping the clicked label. label_model: the CLIP
+    model for "text" (default: the backend's setting).
     """
 
     hostname: str | None = None
     access_token: str | None = None
     everything: Mapping[str, object] = field(default_factory=dict)
     label: str | None = None
+    auto_label: str = "off"
+    auto_label_clicks: bool = False
+    label_model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +236,8 @@ class UnisamBackend:
         self._lock = threading.Lock()  # guards _projects
         self._model_lock = threading.Lock()  # a slow model load must not block /setup
         self._predictor: unisam.Predictor | None = None
+        #: per project, {task id: (image, labelled Instances)} from submitted annotations, oldest first
+        self._examples: dict[str, dict[object, tuple[np.ndarray, unisam.Instances]]] = {}
         #: the configured model: a registered name, or the name of an export directory
         self.model_name = unisam.model_name(self.settings.model)
 
@@ -262,7 +279,21 @@ class UnisamBackend:
         """
         extra = dict(extra_params or {})
         label = extra.pop("label", None)
-        setup = ProjectSetup(hostname, access_token, check_everything_params(extra, "extra params"), label)
+        auto = extra.pop("auto_label", "off")
+        if auto not in AUTO_LABEL:
+            raise ValueError(f"extra param auto_label must be one of {AUTO_LABEL}, got {auto!r}")
+        clicks = extra.pop("auto_label_clicks", False)
+        if not isinstance(clicks, bool):
+            raise ValueError(f"extra param auto_label_clicks must be true or false, got {clicks!r}")
+        label_model = extra.pop("label_model", None)
+        setup = ProjectSetup(
+            hostname, access_token, check_everything_params(extra, "extra params"), label, auto, clicks, label_model
+        )
+        if auto == "text":  # fail here, not at every prediction, when the CLIP model is not there
+            try:
+                unisam.get_label_model(label_model or self.settings.label_model)
+            except (ValueError, OSError, ImportError) as error:
+                raise ValueError(f"auto_label='text' needs a CLIP model: {error}") from None
         if label is not None and label_config:
             if _is_video_config(label_config):
                 VideoTarget.from_config(label_config).check_label(label)
@@ -294,7 +325,7 @@ class UnisamBackend:
                 raise ValueError(f"an interactive request (with a context) needs exactly one task, got {len(tasks)}")
             if _has_video_box(context):
                 return [self._predict_video(tasks[0], context, label_config, setup)]
-            return [self._predict_clicks(tasks[0], context, label_config, setup)]
+            return [self._predict_clicks(tasks[0], context, label_config, setup, project)]
         if _is_video_config(label_config):
             logger.info("batch predictions of video tasks: none (draw a smart VideoRectangle to track a box)")
             return [{"result": [], "score": 0.0, "model_version": self.model_version} for _ in tasks]
@@ -304,17 +335,68 @@ class UnisamBackend:
         results = []
         for task in tasks:
             try:
-                results.append(self._predict_everything(task, target, label, params, setup))
+                results.append(self._predict_everything(task, target, label, params, setup, project))
             except (ValueError, ImageError) as error:
                 logger.warning("no prediction for task %s: %s", task.get("id"), error)
                 results.append({"error": str(error), "task": task.get("id")})
         return results
 
     def fit(self, event: str, data: dict) -> dict:
-        """Label Studio's training hook (annotation events, "Start Training"). unisam models are
-        trained offline (``unisam.train``), so annotations are acknowledged and not learned from."""
-        logger.info("event %s for project %s: nothing to train", event, (data.get("project") or {}).get("id"))
-        return {"trained": False, "model_version": self.model_version}
+        """Label Studio's training hook (annotation events, "Start Training"). The SAM models are
+        trained offline (``unisam.train``); a submitted or updated annotation's brush regions become
+        the project's examples for ``auto_label="examples"`` (a deleted one's are dropped). Returns
+        ``{"trained": False, "examples": n, "model_version"}``."""
+        project = data.get("project") if isinstance(data.get("project"), dict) else {}
+        pid = _project_id(project.get("id"))
+        task = data.get("task") if isinstance(data.get("task"), dict) else None
+        annotation = data.get("annotation") if isinstance(data.get("annotation"), dict) else None
+        if task is not None and annotation is not None and event != "START_TRAINING":
+            with self._lock:
+                self._examples.setdefault(pid, {}).pop(task.get("id"), None)
+            if event != "ANNOTATION_DELETED" and not annotation.get("was_cancelled"):
+                self._add_example(pid, task, annotation, project.get("label_config"))
+        with self._lock:
+            count = len(self._examples.get(pid, {}))
+        logger.info("event %s for project %s: %d annotated tasks as examples", event, pid, count)
+        return {"trained": False, "examples": count, "model_version": self.model_version}
+
+    def _add_example(self, pid: str, task: dict, annotation: dict, label_config: str | None) -> None:
+        """Keep the annotation's labelled brush regions (with the task's image) as examples."""
+        regions = [r for r in annotation.get("result") or [] if isinstance(r, dict) and r.get("type") == "brushlabels"]
+        named = [(r, (r.get("value") or {}).get("brushlabels") or []) for r in regions]
+        named = [(r, labels[0]) for r, labels in named if labels]
+        if not named or not label_config:
+            return
+        try:
+            target = BrushTarget.from_config(label_config)
+            image = self._image(task, target.data_key, self._setup_of(pid))
+            masks = np.stack([brush_mask(r) for r, _ in named])
+            if masks.shape[1:] != image.shape[:2]:
+                raise ValueError(f"regions of {masks.shape[1:]} on an image of {image.shape[:2]}")
+        except (ValueError, ImageError) as error:
+            logger.warning("annotation of task %s not kept as an example: %s", task.get("id"), error)
+            return
+        example = (image, unisam.Instances.from_masks(masks, labels=[label for _, label in named]))
+        with self._lock:
+            store = self._examples.setdefault(pid, {})
+            store[task.get("id")] = example
+            while len(store) > EXAMPLE_TASKS:
+                store.pop(next(iter(store)))
+
+    def _auto_labels(self, image: np.ndarray, found: unisam.Instances, target: BrushTarget,
+                     setup: ProjectSetup, project: str | None) -> list[str | None] | None:
+        """Names for ``found``'s masks as the project's setup asks (None: auto-labeling is off)."""
+        if setup.auto_label == "off" or not len(found):
+            return None
+        if setup.auto_label == "text":
+            model = setup.label_model or self.settings.label_model
+            return unisam.label(image, found, list(target.labels), model=model).labels
+        with self._lock:
+            examples = list(self._examples.get(_project_id(project), {}).values())
+        if not examples:
+            logger.info("auto_label=examples: no submitted annotations yet; regions keep the default label")
+            return None
+        return unisam.label(image, found, examples=examples, segment_model=self.predictor).labels
 
     # ------------------------------------------------------------------ internals
     def _setup_of(self, project: str | None) -> ProjectSetup:
@@ -335,7 +417,9 @@ class UnisamBackend:
             task_id=task.get("id"),
         )
 
-    def _predict_clicks(self, task: dict, context: dict, label_config: str, setup: ProjectSetup) -> dict:
+    def _predict_clicks(
+        self, task: dict, context: dict, label_config: str, setup: ProjectSetup, project: str | None
+    ) -> dict:
         clicks = parse_context(context)
         target = BrushTarget.from_config(label_config, clicks.to_name)
         label = target.check_label(clicks.label)
@@ -343,6 +427,8 @@ class UnisamBackend:
         points, point_labels, box = clicks.in_pixels(width=image.shape[1], height=image.shape[0])
         prompt = unisam.Prompt(points=points, point_labels=point_labels, box=box, label=label)
         found = unisam.segment(image, prompt, model=self.predictor)
+        if setup.auto_label_clicks:
+            label = ((self._auto_labels(image, found, target, setup, project) or [None])[0]) or label
         score = float(found.scores[0])
         region = brush_region(
             found.masks[0], from_name=target.from_name, to_name=target.to_name, label=label, score=score
@@ -402,13 +488,14 @@ class UnisamBackend:
         return items, float(np.mean(scores)) if scores else 0.0
 
     def _predict_everything(
-        self, task: dict, target: BrushTarget, label: str, params: dict, setup: ProjectSetup
+        self, task: dict, target: BrushTarget, label: str, params: dict, setup: ProjectSetup, project: str | None
     ) -> dict:
         image = self._image(task, target.data_key, setup)
         found = unisam.segment_everything(image, model=self.predictor, **params)
+        names = self._auto_labels(image, found, target, setup, project) or [None] * len(found)
         regions = [
-            brush_region(mask, from_name=target.from_name, to_name=target.to_name, label=label, score=score)
-            for mask, score in zip(found.masks, found.scores.tolist(), strict=True)
+            brush_region(mask, from_name=target.from_name, to_name=target.to_name, label=name or label, score=score)
+            for mask, score, name in zip(found.masks, found.scores.tolist(), names, strict=True)
         ]
         score = float(np.mean(found.scores)) if len(found) else 0.0
         return {"result": regions, "score": score, "model_version": self.model_version}

@@ -142,6 +142,19 @@ def brush_region(mask: np.ndarray, *, from_name: str, to_name: str, label: str, 
     }
 
 
+def brush_mask(region: dict) -> np.ndarray:
+    """The (H, W) bool mask of a ``brushlabels`` region (Label Studio RLE); ``ValueError`` if unreadable."""
+    value = region.get("value") if isinstance(region, dict) else None
+    try:
+        height, width = int(region["original_height"]), int(region["original_width"])
+        if not isinstance(value, dict) or value.get("format") != "rle":
+            raise ValueError("not an RLE brush region")
+        rgba = np.asarray(brush.decode_rle(value["rle"]))
+        return rgba.reshape(height, width, 4)[:, :, 3] > 0
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"cannot read brush region {region.get('id') if isinstance(region, dict) else region!r}: {error}") from None
+
+
 @dataclass(frozen=True)
 class VideoBox:
     """A smart ``videorectangle`` region: the box the annotator drew and its keyframes.

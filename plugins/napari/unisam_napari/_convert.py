@@ -198,3 +198,39 @@ def tracks_layer_data(tracks: Tracks) -> tuple[np.ndarray, dict[int, list[int]]]
     coordinates) and ``graph`` ``{child id: [parent id]}`` (divisions) for ``tracks``."""
     graph = {child: [parent] for parent, children in tracks.lineage.items() for child in children}
     return tracks.centroids(), graph
+
+
+NAME_COLUMNS = ("index", "name", "name_score", "named_by")  # committed_objects.features
+
+
+def objects_of(labels: np.ndarray, ids: Iterable[int] | None = None) -> Instances:
+    """The objects of an ``(H, W)`` label image as ``Instances`` with ``ids`` (all ids > 0, or the given
+    ones that are drawn), in id order."""
+    present = np.unique(labels)
+    present = present[present > 0] if ids is None else np.array(sorted(set(ids) & set(present.tolist())), np.int64)
+    masks = labels[None] == present[:, None, None] if len(present) else np.zeros((0, *labels.shape), bool)
+    return Instances.from_masks(masks, ids=present.astype(np.int64))
+
+
+def object_names(features) -> dict[int, tuple[str, str]]:
+    """``{object id: (name, named_by)}`` from a Labels layer's features table (no names: empty)."""
+    if features is None or "name" not in getattr(features, "columns", ()):
+        return {}
+    rows = features.dropna(subset=["name"])
+    return {int(i): (str(n), str(b)) for i, n, b in zip(rows["index"], rows["name"], rows["named_by"])}
+
+
+def with_names(features, ids: Sequence[int], names: Sequence[str | None], scores: Sequence[float], by: str):
+    """The features table with ``ids`` named (``name``, ``name_score``, ``named_by``), one row per
+    object id (napari's ``index`` column), other rows kept. None names clear that object's name."""
+    import pandas as pd
+
+    table = {}
+    if features is not None and "index" in getattr(features, "columns", ()):
+        for row in features.to_dict("records"):
+            table[int(row["index"])] = {c: row.get(c) for c in NAME_COLUMNS}
+    for i, name, score in zip(ids, names, scores):
+        table[int(i)] = {"index": int(i), "name": name, "name_score": float(score) if name else None,
+                         "named_by": by if name else None}
+    rows = [table[k] for k in sorted(table)]
+    return pd.DataFrame(rows, columns=list(NAME_COLUMNS)).astype({"index": int})

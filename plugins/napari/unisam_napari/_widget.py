@@ -12,6 +12,7 @@ progress; decoding a prompt is fast and runs synchronously on each prompt change
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import queue
 from collections.abc import Callable, Iterator
@@ -20,14 +21,19 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, Select, SpinBox
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton, Select, SpinBox, TextEdit,
+)
 from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 import unisam
 
-from ._convert import ImageSource, image_source, keyframe_objects, paint_tracks, prompt_on_slice, tracks_layer_data
+from ._convert import (
+    ImageSource, image_source, keyframe_objects, object_names, objects_of, paint_tracks, prompt_on_slice,
+    tracks_layer_data, with_names,
+)
 
 POINTS, BOXES = "point_prompts", "box_prompts"
 CURRENT, COMMITTED, SEGMENTATION = "current_object", "committed_objects", "unisam_segmentation"
@@ -75,6 +81,15 @@ class UnisamWidget(Container):
         self.segmentation = ComboBox(label="track all from", choices=self._segmentation_choices)
         self.segmentation.tooltip = "find the objects on every frame, or link your own per-frame Labels layer"
         self.linker = ComboBox(label="linking", choices=LINKERS, value="hungarian")
+        self.object_name = LineEdit(label="name")
+        self.object_name.tooltip = "a class name for the objects you commit (examples for 'name objects')"
+        self.vocabulary = TextEdit(label="vocabulary")
+        self.vocabulary.tooltip = (
+            "class names for 'name objects', one per line, synonyms after commas (needs a CLIP model); "
+            "empty: name objects like the ones you named yourself"
+        )
+        self.label_model = LineEdit(label="CLIP model")
+        self.label_model.tooltip = f"open_clip 'arch/pretrained' or an exported folder; empty: {unisam.DEFAULT_LABEL_MODEL}"
         buttons = {
             "embed": "Compute embeddings",
             "segment": f"Segment [{KEYS['segment']}]",
@@ -85,6 +100,7 @@ class UnisamWidget(Container):
             "segment_all": "Segment all",
             "track": "Track from this frame",
             "track_all": "Track all (automatic)",
+            "name_objects": "Name objects",
         }
         self.buttons = {name: PushButton(text=text) for name, text in buttons.items()}
         self.everything = {option.name: _option_box(option) for option in unisam.EverythingParams.options(True)}
@@ -101,6 +117,7 @@ class UnisamWidget(Container):
                 self.buttons["segment"],
                 self.buttons["toggle_polarity"],
                 self.commit_id,
+                self.object_name,
                 *(self.buttons[n] for n in ("commit", "clear_prompts", "propagate")),
                 *self.everything.values(),
                 self.buttons["segment_all"],
@@ -109,6 +126,10 @@ class UnisamWidget(Container):
                 self.segmentation,
                 self.linker,
                 self.buttons["track_all"],
+                Label(value="names"),
+                self.vocabulary,
+                self.label_model,
+                self.buttons["name_objects"],
             ]
         )
         for name in buttons:
@@ -172,6 +193,9 @@ class UnisamWidget(Container):
         committed.data[mask] = new_id
         if source.is_stack:
             _keyframes(committed).setdefault(z, set()).add(new_id)
+        name = self.object_name.value.strip()
+        if name:
+            committed.features = with_names(committed.features, [new_id], [name], [1.0], "user")
         committed.refresh()
         self.clear_prompts()
         return new_id
@@ -312,6 +336,50 @@ class UnisamWidget(Container):
             show_info(f"unisam: {len(instances)} objects")
 
         self._start(work, 0, "unisam: segmenting everything", on_yield=show)
+
+    @_reported
+    def name_objects(self) -> None:
+        """Name the committed objects on this slice that the user has not named (core ``label``): from
+        the typed vocabulary with a CLIP model, else by example from the objects the user named (on
+        any slice; the SAM embeddings only, no CLIP needed). Names go to the layer's features."""
+        source, layer = self._source()
+        committed = self._object_layers(source, layer)[3]
+        z = self._slice(source, layer)
+        here = committed.data[(z,) if source.is_stack else ()]
+        named = object_names(committed.features)
+        by_user = {i: name for i, (name, by) in named.items() if by == "user"}
+        targets = objects_of(here, set(np.unique(here).tolist()) - set(by_user) - {0})
+        if not len(targets):
+            raise ValueError("no unnamed committed objects on this slice: segment and commit objects first")
+        text = self.vocabulary.value.strip()
+        if text:
+            options = {"vocabulary": unisam.Vocabulary.from_text(text), "model": self.label_model.value.strip() or None}
+        else:
+            options = {"examples": self._named_examples(source, committed.data, by_user), "segment_model": self._predictor()}
+        image = source.image(z)
+
+        def work():
+            yield unisam.label(image, targets, **options)
+
+        def show(result: unisam.Instances) -> None:
+            committed.features = with_names(committed.features, result.ids.tolist(), result.labels,
+                                            result.label_scores, "unisam")
+            show_info(f"unisam: named {sum(n is not None for n in result.labels)} of {len(result)} objects")
+
+        self._start(work, 0, "unisam: naming objects", on_yield=show)
+
+    def _named_examples(self, source: ImageSource, data: np.ndarray, by_user: dict[int, str]) -> list:
+        """``(image, Instances with labels)`` of the objects the user named, per slice where they are."""
+        if not by_user:
+            raise ValueError("type a vocabulary, or give a few objects a name when you commit them (the 'name' box)")
+        planes = range(source.n_slices) if source.is_stack else [None]
+        examples = []
+        for z in planes:
+            found = objects_of(data[(z,) if z is not None else ()], by_user)
+            if len(found):
+                named = dataclasses.replace(found, labels=[by_user[i] for i in found.ids.tolist()])
+                examples.append((source.image(z), named))
+        return examples
 
     # ------------------------------------------------------------------ helpers
     def _use_model_thresholds(self, _value=None) -> None:

@@ -1,0 +1,121 @@
+"""Masks per second of unisam.label for 1, 10 and 100 masks in crop, dense and ensemble modes, and
+unisam's ONNX Runtime path beside open_clip in torch on the same CPU, in one run.
+
+    .venv-clip/bin/python benchmarks/label_speed.py                    # convnext_base_w (the default)
+    .venv-clip/bin/python benchmarks/label_speed.py --arch ViT-B-32 --repeats 3
+
+Runs in the CLIP virtualenv (.ci/setup-clip.sh: torch 2.14 + open_clip + unisam). The model has
+seeded random weights (no pretrained weights can be downloaded here; the compute is the same). The
+image is a 512x512 photo-like picture with disks as masks. For each mode and mask count: seconds per
+``unisam.label`` call (the vocabulary's text embeddings already cached, as in a labeling session),
+masks per second; then the same image work in torch through open_clip's own modules (crops:
+open_clip's preprocess + ``encode_image``; dense: the tower's features + pooling + head), with
+torch's threads set to the same count as onnxruntime's. Targets (issue #16): ORT >= 1.5x faster
+than torch; dense with 100 masks >= 10x faster than crop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+import unisam
+from unisam.models.clip import build_open_clip, dense_parts, export_clip
+from unisam.runtime.clip import ClipModel
+from unisam.runtime.session import default_threads
+
+VOCAB = ["cat", "dog", "car", "tree", "person", "bicycle", "cup", "chair", "book", "phone"]
+
+
+def scene(n: int, rng: np.random.Generator) -> tuple[np.ndarray, unisam.Instances]:
+    small = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(small).resize((512, 512), Image.Resampling.BICUBIC))
+    yy, xx = np.mgrid[:512, :512]
+    masks = np.zeros((n, 512, 512), bool)
+    for m in masks:
+        cy, cx, r = rng.integers(40, 472), rng.integers(40, 472), rng.integers(8, 40)
+        m[:] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    return image, unisam.Instances.from_masks(masks)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (session buffers, caches)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def torch_crop(model, preprocess, clip: ClipModel, image, masks) -> None:
+    crops = clip.mask_crops(image, masks)  # the same crops; what differs is the engine
+    with torch.no_grad():
+        for i in range(0, len(crops), 16):
+            batch = torch.stack([preprocess(Image.fromarray(c)) for c in crops[i : i + 16]])
+            model.encode_image(batch)
+
+
+def torch_dense(dense, head, clip: ClipModel, image, masks) -> None:
+    features = clip.dense(image)  # only to get the same input geometry; the torch pass is timed below
+    h, w = features.resized
+    side = clip.dense_size
+    ph, pw = (side, side) if clip.meta["dense"]["fixed_size"] else (-(-h // clip.stride) * clip.stride, -(-w // clip.stride) * clip.stride)
+    canvas = torch.zeros(1, 3, ph, pw)
+    with torch.no_grad():
+        grid = dense(canvas)[0]
+        c = grid.shape[0]
+        cover = torch.from_numpy(masks[:, :: clip.stride, :: clip.stride][:, : grid.shape[1], : grid.shape[2]].astype(np.float32))
+        pooled = cover.reshape(len(masks), -1) @ grid.reshape(c, -1).T / cover.reshape(len(masks), -1).sum(1, keepdim=True).clamp(min=1)
+        head(pooled)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="convnext_base_w")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    threads = default_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_open_clip(args.arch)
+    _, _, preprocess = open_clip.create_model_and_transforms(args.arch, pretrained=None)
+    dense, head, _ = dense_parts(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_clip(model, args.arch, Path(tmp) / "model")
+        clip = ClipModel(Path(tmp) / "model", text_cache=None)
+        clip.class_embeddings([(n,) for n in VOCAB], unisam.LABEL_TEMPLATES)
+        load = os.getloadavg()[0]
+        print(f"{args.arch} (random weights), 512x512 image, {threads} threads, load {load:.2f}\n")
+        print(f"{'masks':>5} {'mode':>9} {'unisam s':>9} {'masks/s':>8} {'torch s':>8} {'ORT x':>6}")
+        rng = np.random.default_rng(0)
+        results = {}
+        for n in (1, 10, 100):
+            image, instances = scene(n, rng)
+            for mode in ("crop", "dense", "ensemble"):
+                ours = timed(lambda: unisam.label(image, instances, VOCAB, model=clip, mode=mode), args.repeats)
+                crop_t = lambda: torch_crop(model, preprocess, clip, image, instances.masks)
+                dense_t = lambda: torch_dense(dense, head, clip, image, instances.masks)
+                if mode == "crop":
+                    theirs = timed(crop_t, args.repeats)
+                elif mode == "dense":
+                    theirs = timed(dense_t, args.repeats)
+                else:
+                    theirs = timed(lambda: (crop_t(), dense_t()), args.repeats)
+                results[(n, mode)] = ours
+                print(f"{n:>5} {mode:>9} {ours:>9.3f} {n / ours:>8.1f} {theirs:>8.3f} {theirs / ours:>6.2f}")
+        print(f"\ndense vs crop with 100 masks: {results[(100, 'crop')] / results[(100, 'dense')]:.1f}x faster")
+        print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
