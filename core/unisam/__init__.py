@@ -4,7 +4,7 @@
 >>> result = unisam.segment("examples/nuclei.png", points=[[334, 303]])      # -> Instances
 >>> found = unisam.segment_everything("examples/nuclei.png", points_per_side=16)
 >>> model = unisam.get_model()                     # the shared default (bundled unisam-tiny offline)
->>> named = unisam.label("examples/nuclei.png", found, examples=[(image, labelled)])  # or a vocabulary
+>>> named = unisam.label("examples/nuclei.png", found, ["nucleus", "debris"], model=clip)  # clip: load_label_model
 >>> tracks = unisam.track("cells.mp4", [unisam.Prompt(box=[10, 20, 60, 70])])  # -> Tracks, ids per frame
 
 Everything a host adapter needs is a name of this package; the submodules are the implementation.

@@ -284,7 +284,8 @@ def _predict(embedding: Embedding, tracks: list[_Track], predictor: Predictor, r
             best[row] = (overlap, k, j)
     found = []
     for row, (overlap, k, j) in sorted(best.items()):
-        (logits, scores), score = decoded[row], float(decoded[row][1][k])
+        logits, scores = decoded[row]
+        score = float(scores[k])
         if score >= rules.score_threshold and overlap >= rules.min_overlap:
             found.append(_Found(tracks[live[row]], masks[j], score, logits[k]))
     if rules.min_similarity is not None and found:
