@@ -30,7 +30,7 @@ from PIL import Image
 
 import unisam
 from unisam.models.clip import build_open_clip, dense_parts, export_clip
-from unisam.runtime.clip import ClipModel
+from unisam.runtime.clip import BATCH, ClipModel
 from unisam.runtime.session import default_threads
 
 VOCAB = ["cat", "dog", "car", "tree", "person", "bicycle", "cup", "chair", "book", "phone"]
@@ -60,8 +60,8 @@ def timed(fn, repeats: int) -> float:
 def torch_crop(model, preprocess, clip: ClipModel, image, masks) -> None:
     crops = clip.mask_crops(image, masks)  # the same crops; what differs is the engine
     with torch.no_grad():
-        for i in range(0, len(crops), 16):
-            batch = torch.stack([preprocess(Image.fromarray(c)) for c in crops[i : i + 16]])
+        for i in range(0, len(crops), BATCH):  # the batch size unisam uses
+            batch = torch.stack([preprocess(Image.fromarray(c)) for c in crops[i : i + BATCH]])
             model.encode_image(batch)
 
 

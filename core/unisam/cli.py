@@ -12,7 +12,7 @@ from PIL import Image
 
 from . import api, hub
 from .runtime.everything import EverythingParams
-from .registry import get_card, list_models
+from .registry import get_card, get_label_card, list_label_models, list_models
 from .train.commands import add_commands as add_training_commands
 from .weights import WeightsNotFoundError, cache_dir, resolve_weight
 
@@ -108,9 +108,19 @@ def cmd_weights_list(args) -> None:
         size = sum(f.size for f in files) / 1e6
         mark = "cached " if present else "missing"
         print(f"  {name:<16} {mark} {size:8.1f} MB  {card.description}")
+    print("label models (open_clip arch/pretrained, for unisam.label):")
+    for name in list_label_models():
+        card = get_label_card(*name.split("/", 1))
+        mark = "cached " if (cache_dir() / card.weights.filename).is_file() else "missing"
+        print(f"  {name:<34} {mark} {card.license:<4} {card.description}")
 
 
 def cmd_weights_pull(args) -> None:
+    if "/" in args.model:  # a label model: open_clip's arch/pretrained
+        label_card = get_label_card(*args.model.split("/", 1))
+        path = resolve_weight(label_card.weights, download=True, model=label_card.name)
+        print(f"{label_card.name}: {path} (sha256 verified; licence {label_card.license})")
+        return
     card = get_card(args.model)
     if card.bundled is not None:
         print(f"{card.name} ships with unisam ({card.bundled}); nothing to download")

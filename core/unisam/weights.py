@@ -190,12 +190,12 @@ def _download(file: WeightFile, target: Path, progress: bool) -> None:
             ) as bar:
                 while chunk := response.read(_CHUNK):
                     received += len(chunk)
-                    if received > file.size:
+                    if file.size is not None and received > file.size:
                         raise ValueError(f"download of {file.url} is larger than the expected {file.size} bytes")
                     h.update(chunk)
                     out.write(chunk)
                     bar.update(len(chunk))
-        if received != file.size:
+        if file.size is not None and received != file.size:
             raise ValueError(f"download of {file.url} stopped at {received} of {file.size} bytes")
         if h.hexdigest() != file.sha256:
             raise ValueError(
@@ -213,9 +213,9 @@ def _download(file: WeightFile, target: Path, progress: bool) -> None:
 
 
 def _not_found_message(file: WeightFile, target: Path, model: str | None) -> str:
-    size_mb = file.size / 2**20
+    size = f" ({file.size / 2**20:.1f} MiB)" if file.size is not None else ""
     return (
-        f"weight file {file.filename} ({size_mb:.1f} MiB) is not in the cache. Download it with\n"
+        f"weight file {file.filename}{size} is not in the cache. Download it with\n"
         f"    unisam weights pull {model or '<model>'}\n"
         f"or fetch {file.url}\n"
         f"and put it at {target}\n"

@@ -106,3 +106,52 @@ def test_load_label_model_errors_are_clear(in_reference_cache, tmp_path):
         unisam.load_label_model("ViT-S-32", weights=tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="not a CLIP model exported by unisam"):
         unisam.load_label_model(tmp_path)
+
+
+def test_pretrained_tag_downloads_verifies_and_loads(in_reference_cache, monkeypatch, capsys):
+    """``unisam weights pull arch/tag`` and ``load_label_model(arch, pretrained=tag)`` as a user runs them,
+    with a card whose weights are served from 127.0.0.1 (the state dict open_clip saved); its size is
+    left unknown (None), as for the Hub file whose page shows a rounded size: the SHA-256 decides."""
+    import functools
+    import http.server
+    import threading
+
+    from unisam import registry
+    from unisam.cli import main
+    from unisam.weights import sha256_file
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(in_reference_cache))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/convnext_tiny.pt"
+        digest = sha256_file(in_reference_cache / "convnext_tiny.pt")
+        card = registry.LabelModelCard(
+            "convnext_tiny", "served", registry.WeightFile("served-convnext_tiny.pt", url, digest, None), "MIT", "test"
+        )
+        monkeypatch.setitem(registry._LABEL_REGISTRY, ("convnext_tiny", "served"), card)
+        with pytest.raises(unisam.WeightsNotFoundError, match="unisam weights pull convnext_tiny/served"):
+            unisam.load_label_model("convnext_tiny", pretrained="served", download=False)
+        assert main(["weights", "list"]) == 0 and "convnext_tiny/served" in capsys.readouterr().out
+        assert main(["weights", "pull", "convnext_tiny/served"]) == 0
+        assert "sha256 verified" in capsys.readouterr().out
+        model = unisam.load_label_model("convnext_tiny", pretrained="served", download=False)
+        assert model.name == "convnext_tiny/served"
+        ref = expected(in_reference_cache, "convnext_tiny")
+        assert (model.encode_image([ref["picture1"]]) * ref["image"][1:2]).sum() > 0.9999
+        bad = registry.WeightFile("bad-convnext_tiny.pt", url, "0" * 64, None)
+        monkeypatch.setitem(registry._LABEL_REGISTRY, ("convnext_tiny", "bad"),
+                            registry.LabelModelCard("convnext_tiny", "bad", bad, "MIT", "wrong digest"))
+        with pytest.raises(ValueError, match="SHA-256"):
+            unisam.load_label_model("convnext_tiny", pretrained="bad")
+        assert not (in_reference_cache / "cache" / "bad-convnext_tiny.pt").exists()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_the_default_label_model_is_registered_with_a_permissive_licence():
+    arch, tag = unisam.DEFAULT_LABEL_MODEL.split("/")
+    card = unisam.registry.get_label_card(arch, tag)
+    assert card.license == "MIT" and len(card.weights.sha256) == 64 and card.weights.url.startswith("https://")
