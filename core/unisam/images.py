@@ -16,13 +16,25 @@ Intensity conversion to uint8:
 
 Files keep their full bit depth until that conversion: 16-bit grayscale and RGB(A) PNGs are read at
 16 bits, TIFFs through ``tifffile`` when it is installed (first page; planar RGB is handled), EXIF
-orientation is applied to photos.
+orientation is applied to photos (``PIL.ImageOps.exif_transpose``), so the array, and so every mask
+and prompt coordinate, is the image as viewers display it. Palette images are expanded through their
+colour map; alpha is dropped.
+
+Files are checked before they are decoded: one whose header claims more than :func:`max_pixels`
+pixels (Pillow's decompression-bomb limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS`` = 178,956,970 by
+default, e.g. 13377 x 13377) is refused with a ``ValueError`` naming its size and the limit; raise
+``PIL.Image.MAX_IMAGE_PIXELS`` to allow larger files (``None`` turns the check off). An empty,
+truncated or unrecognised file is a ``ValueError`` that says which. Arrays and PIL images are already
+in memory and are not limited.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +45,10 @@ LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
+# words of Pillow's and tifffile's messages for a file that ends early
+_MAGIC = ((b"\x89PNG", "PNG"), (b"\xff\xd8", "JPEG"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+          (b"GIF8", "GIF"), (b"RIFF", "WebP"))
+_TRUNCATED_WORDS = ("truncated", "failed to read", "unexpected end", "not enough data", "buffer is too small")
 # Pillow reads 16-bit colour PNGs at 8 bits (high byte); decoding again with a little-endian raw mode
 # yields the low byte of each sample, from which the 16-bit values are rebuilt.
 _PNG16_LOW_BYTE_RAWMODES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
@@ -67,21 +83,48 @@ def image_digest(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def max_pixels() -> int | None:
+    """The most pixels (width x height) an image file may have: twice ``PIL.Image.MAX_IMAGE_PIXELS``,
+    the size at which Pillow itself refuses a file as a decompression bomb (None: no limit)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+class _TooLarge(ValueError):
+    """An image file over :func:`max_pixels` (never handed to another reader)."""
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    limit = max_pixels()
+    if limit is not None and width * height > limit:
+        raise _TooLarge(
+            f"image {path} is {width} x {height} = {width * height:,} pixels, more than the limit of "
+            f"{limit:,} pixels (a decompression bomb, or a huge scan); if you trust the file, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS"
+        )
+
+
 def _read_file(path: Path) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
     if path.suffix.lower() in _TIFF_SUFFIXES:
         try:
             return _read_tiff(path)
         except ImportError:
             pass  # no tifffile: Pillow reads most TIFFs (at 8 bits per colour channel)
+        except _TooLarge:
+            raise
         except Exception as tiff_error:  # unusual codec or corrupt file: give Pillow a chance
             try:
                 return _read_with_pil(path)
+            except _TooLarge:
+                raise
             except ValueError:
-                raise ValueError(f"cannot read TIFF image {path}: {tiff_error}") from tiff_error
+                raise _unreadable(path, tiff_error) from tiff_error
     return _read_with_pil(path)
 
 
@@ -90,6 +133,7 @@ def _read_tiff(path: Path) -> np.ndarray:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
+        _check_pixels(path, int(page.imagewidth), int(page.imagelength))
         if page.photometric == tifffile.PHOTOMETRIC.PALETTE:
             return _read_with_pil(path)  # Pillow applies the colour map
         array = page.asarray()
@@ -100,16 +144,49 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 def _read_with_pil(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            array = _png16_colour(path, img)
-            if array is not None:
-                return array
-            img.load()
-            return _pil_to_array(ImageOps.exif_transpose(img))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        with warnings.catch_warnings():
+            # between MAX_IMAGE_PIXELS and max_pixels() Pillow only warns; the file is read
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")  # e.g. "Corrupt EXIF data"
+            with Image.open(path) as img:
+                _check_pixels(path, *img.size)
+                array = _png16_colour(path, img)
+                if array is not None:
+                    return array
+                img.load()
+                return _pil_to_array(ImageOps.exif_transpose(img))
+    except _TooLarge:
+        raise
+    except Image.DecompressionBombError as error:  # Pillow's check in Image.open, before the size is known
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         raise ValueError(
-            f"cannot read image {path}: {error}. Is it a complete (not truncated) PNG, JPEG, BMP or TIFF file?"
-        ) from error
+            f"image {path} has {size}, more than the limit of {max_pixels():,} pixels (a decompression "
+            "bomb, or a huge scan); if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: BaseException) -> ValueError:
+    """The one-line error for a file no reader could decode: truncated, or not an image at all."""
+    detail = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, UnidentifiedImageError):
+        with open(path, "rb") as f:
+            start = f.read(8)
+        kind = next((name for magic, name in _MAGIC if start.startswith(magic)), None)
+        if kind is not None:  # the signature is there but Pillow found no readable header after it
+            return ValueError(f"cannot read image {path}: a truncated or corrupt {kind} file (its header is incomplete)")
+        return ValueError(
+            f"cannot read image {path}: not an image format Pillow knows (the file starts with {start!r}); "
+            "give a PNG, JPEG, BMP or TIFF file"
+        )
+    if isinstance(error, EOFError) or any(word in detail.lower() for word in _TRUNCATED_WORDS):
+        return ValueError(f"cannot read image {path}: truncated ({detail}); the file is incomplete, copy it again")
+    return ValueError(
+        f"cannot read image {path}: {detail}; the file may be truncated or corrupt "
+        "(is it a complete PNG, JPEG, BMP or TIFF file?)"
+    )
 
 
 def _png16_colour(path: Path, img: Image.Image) -> np.ndarray | None:
