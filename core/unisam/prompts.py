@@ -17,6 +17,8 @@ PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1.0, 0.0, 1.0, 2.0, 3
 
 _UNSET: Any = object()
 
+EDGE_TOLERANCE = 0.5  # pixels: prompt coordinates this close outside the image are moved onto its edge
+
 
 @dataclass(frozen=True, init=False)
 class Prompt:
@@ -79,9 +81,13 @@ def make_prompt(
 ) -> Prompt:
     """Validate raw prompt values against an image of ``image_size`` = (H, W); return a :class:`Prompt`.
 
-    Points must lie inside the image (0 <= x <= W, 0 <= y <= H); point labels default to all-foreground;
-    a box must have x1 < x2, y1 < y2 and overlap the image (it is clipped to the image).
-    Raises ``ValueError`` with a message that names the problem.
+    One rule for points and boxes: a prompt must lie inside the image, ``0 <= x <= W`` and
+    ``0 <= y <= H`` in pixel-edge coordinates (a box's corners included). Coordinates at most
+    :data:`EDGE_TOLERANCE` (half a pixel) beyond an edge, as rounding of relative or pixel-centre
+    coordinates gives, are moved onto the edge; anything further out is a ``ValueError`` naming the
+    point or box and the image size (clip a box that you mean to cut at the border yourself, e.g.
+    ``np.clip(box, 0, [W, H, W, H])``). A box must have ``x1 < x2`` and ``y1 < y2``. Point labels
+    default to all-foreground. Every error is a ``ValueError`` with a message that names the problem.
     """
     height, width = image_size
     pts = lbl = bx = msk = None
@@ -95,13 +101,14 @@ def make_prompt(
                 raise ValueError(f"points must have shape (N, 2) as x, y pixels; got {np.shape(points)}")
             if not np.isfinite(pts).all():
                 raise ValueError("points contain NaN or infinite values")
-            outside = (pts[:, 0] < 0) | (pts[:, 0] > width) | (pts[:, 1] < 0) | (pts[:, 1] > height)
+            outside = _outside(pts[:, 0], width) | _outside(pts[:, 1], height)
             if outside.any():
                 bad = pts[outside][0]
                 raise ValueError(
                     f"point ({bad[0]:g}, {bad[1]:g}) is outside the image (width {width}, height {height}); "
                     "points are x, y pixel coordinates"
                 )
+            pts = np.clip(pts, 0.0, [width, height])
     if pts is not None:
         if point_labels is None:
             lbl = np.ones(len(pts), dtype=np.float64)
@@ -122,9 +129,15 @@ def make_prompt(
         x1, y1, x2, y2 = bx
         if x2 <= x1 or y2 <= y1:
             raise ValueError(f"box must satisfy x1 < x2 and y1 < y2 (x1, y1, x2, y2 order); got {bx.tolist()}")
-        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-            raise ValueError(f"box {bx.tolist()} lies outside the image (width {width}, height {height})")
-        bx = np.array([max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)])
+        if _outside(bx[::2], width).any() or _outside(bx[1::2], height).any():
+            where = "lies outside" if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height else "reaches outside"
+            raise ValueError(
+                f"box {_numbers(bx)} {where} the image (width {width}, height {height}); boxes, like points, "
+                f"must lie inside it: 0 <= x1 < x2 <= {width}, 0 <= y1 < y2 <= {height}"
+            )
+        bx = np.clip(bx, 0.0, [width, height, width, height])
+        if bx[2] <= bx[0] or bx[3] <= bx[1]:
+            raise ValueError(f"box {_numbers(np.asarray(box, dtype=np.float64))} has no area inside the image")
     if mask is not None:
         msk = np.asarray(mask, dtype=np.float32)
         msk = msk.reshape(msk.shape[-2:]) if msk.ndim > 2 and np.prod(msk.shape[:-2]) == 1 else msk
@@ -135,6 +148,14 @@ def make_prompt(
     if pts is None and bx is None and msk is None:
         raise ValueError("empty prompt: give at least one point, a box or a mask")
     return Prompt(points=pts, point_labels=lbl, box=bx, mask=msk, label=label)
+
+
+def _outside(values: np.ndarray, size: int) -> np.ndarray:
+    return (values < -EDGE_TOLERANCE) | (values > size + EDGE_TOLERANCE)
+
+
+def _numbers(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def collect_prompts(

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from unisam.images import load_image
+from unisam.prompts import collect_prompts
 from unisam import Instances, Tracks
 from unisam_napari._convert import (
     image_source,
@@ -104,6 +105,14 @@ def test_prompts_on_the_current_slice():
         30.5,
         20.5,
     ]
+
+
+def test_a_box_dragged_past_the_border_is_cut_to_the_image():
+    past = [np.array([[-6, -4], [-6, 60], [30, 60], [30, -4]])]  # rows, cols beyond a 40 x 50 image
+    assert prompt_on_slice(np.zeros((0, 2)), np.zeros(0, bool), past, None, (40, 50)).box.tolist() == [0, 0, 50, 30.5]
+    away = [np.array([[50, 60], [50, 70], [60, 70], [60, 60]])]  # wholly outside: the core's error
+    with pytest.raises(ValueError, match="lies outside the image"):
+        collect_prompts(prompt_on_slice(np.zeros((0, 2)), np.zeros(0, bool), away, None, (40, 50)), image_size=(40, 50))
 
 
 def test_points_outside_the_image_are_refused():

@@ -143,8 +143,8 @@ def prompt_on_slice(
 
     points: ``(N, D)`` data coordinates (last two: row, col) with ``positive`` ``(N,)`` bool;
     boxes: shapes as ``(V, D)`` vertices (rectangles: 4 corners); the bounding box of the last one on the
-    slice with a non-zero area is used (SAM takes one box per object). Raises ``ValueError`` for a point
-    outside the ``(H, W)`` image.
+    slice with a non-zero area is used (SAM takes one box per object), cut to the image where it was
+    dragged past the border. Raises ``ValueError`` for a point outside the ``(H, W)`` image.
     """
     points = np.asarray(points, dtype=np.float64)
     here = on_slice(points, z)
@@ -160,6 +160,9 @@ def prompt_on_slice(
         xy = pixels_to_xy(corners[:, -2:])
         if on_slice(corners, z).all() and (xy.max(axis=0) > xy.min(axis=0)).all():
             box = np.concatenate([xy.min(axis=0), xy.max(axis=0)])
+            inside = np.clip(box, 0.0, [width, height, width, height])
+            if inside[2] > inside[0] and inside[3] > inside[1]:
+                box = inside  # a rectangle dragged past the border: its part on the image (unisam wants boxes inside)
             break
     if not here.any() and box is None:
         return None
