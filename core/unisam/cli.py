@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -17,24 +18,61 @@ from .train.commands import add_commands as add_training_commands
 from .weights import WeightsNotFoundError, cache_dir, resolve_weight
 
 
-def _xy(text: str) -> tuple[float, float]:
+def _numbers(text: str, names: str) -> tuple[float, ...]:
     parts = text.split(",")
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected X,Y (pixels), got {text!r}")
-    return float(parts[0]), float(parts[1])
+    try:
+        if len(parts) != names.count(",") + 1:
+            raise ValueError
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {names} (pixels, comma-separated), got {text!r}") from None
+
+
+def _xy(text: str) -> tuple[float, float]:
+    return _numbers(text, "X,Y")  # type: ignore[return-value]
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
-    parts = text.split(",")
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f"expected X1,Y1,X2,Y2 (pixels), got {text!r}")
-    return tuple(float(p) for p in parts)  # type: ignore[return-value]
+    return _numbers(text, "X1,Y1,X2,Y2")  # type: ignore[return-value]
 
 
-def _check_out(path: Path, overwrite: bool) -> None:
+def _check_out(path: Path, overwrite: bool, image: bool = True) -> None:
+    """Refuse an output path before any work is done: its folder must exist (none is created), it must
+    not be a folder, an image needs a suffix Pillow can write, and an existing file needs --overwrite."""
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise ValueError(f"cannot write {path}: the folder {folder} {what}; create it first (unisam makes no folders for you)")
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder; give a file name, e.g. {path / 'mask.png'}")
+    if image and path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"cannot write {path}: {path.suffix or 'no suffix'} is not an image format; use .png")
     if path.exists() and not overwrite:
         raise ValueError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+# A value that is a list of numbers starting with a minus sign ("-5,10"): argparse takes it for an option.
+_NEGATIVE_LIST = re.compile(r"-(\d|\.\d)[\d.eE+-]*(,\s*[-+]?(\d|\.\d)[\d.eE+-]*)+")
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--point -5,10`` -> ``--point=-5,10``: argparse reads a single negative number as a value but a
+    negative list as an unknown option, so such a value is attached to the long option before it."""
+    out: list[str] = []
+    for arg in argv:
+        after_option = bool(out) and out[-1].startswith("--") and "=" not in out[-1] and "--" not in out
+        if after_option and out[-1] != "--" and _NEGATIVE_LIST.fullmatch(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line on stderr (with where to find help), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _model(args) -> hub.Predictor:
@@ -67,7 +105,7 @@ def cmd_everything(args) -> None:
     out = Path(args.out)
     _check_out(out, args.overwrite)
     if args.rle:
-        _check_out(Path(args.rle), args.overwrite)
+        _check_out(Path(args.rle), args.overwrite, image=False)
     given = {name: getattr(args, name) for name in EverythingParams.names()}
     params = {k: v for k, v in given.items() if v is not None}  # the rest: the model's defaults
     result = api.segment_everything(args.image, model=_model(args), tiles=args.tiles, progress=True, **params)
@@ -86,6 +124,8 @@ def cmd_everything(args) -> None:
 def cmd_export(args) -> None:
     card = get_card(args.model)
     out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ValueError(f"cannot export into {out}: the folder {out.parent} does not exist; create it first")
     if (out / "model.json").exists() and not args.overwrite:
         raise ValueError(f"{out} already holds an export; pass --overwrite to replace it")
     if card.checkpoint is None:
@@ -132,7 +172,7 @@ def cmd_weights_pull(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unisam", description="Promptable segmentation (EdgeSAM family).")
+    parser = _Parser(prog="unisam", description="Promptable segmentation (EdgeSAM family).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p):
@@ -192,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         args.func(args)
     except (ValueError, WeightsNotFoundError, ImportError, OSError) as exc:
