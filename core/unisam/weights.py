@@ -12,6 +12,7 @@ start.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -195,6 +196,9 @@ def _download(file: WeightFile, target: Path, progress: bool) -> None:
                     h.update(chunk)
                     out.write(chunk)
                     bar.update(len(chunk))
+            announced = response.headers.get("Content-Length", "")
+            if announced.isdigit() and received < int(announced):  # urllib ends a short body without an error
+                raise http.client.IncompleteRead(b"", int(announced) - received)
         if file.size is not None and received != file.size:
             raise ValueError(f"download of {file.url} stopped at {received} of {file.size} bytes")
         if h.hexdigest() != file.sha256:
@@ -206,6 +210,16 @@ def _download(file: WeightFile, target: Path, progress: bool) -> None:
     except urllib.error.URLError as error:
         Path(tmp).unlink(missing_ok=True)
         raise ConnectionError(f"could not download {file.url}: {error}") from error
+    except (http.client.HTTPException, ConnectionError, TimeoutError) as error:  # the connection broke mid-file
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, http.client.IncompleteRead):
+            detail = f"the server announced {received + (error.expected or 0)} bytes"
+        else:
+            detail = " ".join(str(error).split()) or type(error).__name__
+        raise ConnectionError(
+            f"download of {file.url} was interrupted after {received} bytes ({detail}); nothing was saved, "
+            "run it again"
+        ) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

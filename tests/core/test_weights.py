@@ -23,6 +23,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         type(self).requests.append(self.path)
+        if self.path.startswith("/cut"):  # the connection drops half-way through the file
+            self.send_response(200)
+            if self.path == "/cut.bin":  # announces the whole length; /cut-unsized.bin announces none
+                self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         super().do_GET()
 
     def log_message(self, *args):
@@ -102,6 +111,20 @@ def test_wrong_size_download_refused_and_nothing_left(server, cache):
     with pytest.raises(ValueError, match="stopped at 1000"):
         resolve_weight(_file(base, name="short.bin"), download=True, progress=False)
     assert _leftovers(cache) == []
+
+
+@pytest.mark.parametrize("size", [len(PAYLOAD), None])  # None: a registry entry of unknown size
+def test_interrupted_download_is_refused_and_leaves_no_half_file(server, cache, size):
+    base, _, _ = server
+    with pytest.raises(ConnectionError, match=r"interrupted after \d+ bytes.*nothing was saved"):
+        resolve_weight(_file(base, name="cut.bin", size=size), download=True, progress=False)
+    assert _leftovers(cache) == []
+    # no Content-Length: the cut is only seen at the end, as a file shorter than the registry's or a wrong SHA-256
+    with pytest.raises(ValueError, match="stopped at" if size else "SHA-256"):
+        resolve_weight(_file(base, name="cut-unsized.bin", size=size), download=True, progress=False)
+    assert _leftovers(cache) == []
+    with pytest.raises(WeightsNotFoundError):  # and nothing half-downloaded is taken for the file later
+        resolve_weight(_file(base, name="cut.bin", size=size))
 
 
 def test_http_error_leaves_nothing(server, cache):
