@@ -174,6 +174,24 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, body,
     assert client.post("/predict", json=interactive([keypoint(*DISKS[2][:2], SIZE)])).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({}, "/setup needs 'schema'"),
+        ({**SETUP, "schema": ""}, "/setup needs 'schema'"),
+        ({**SETUP, "schema": 7}, "/setup needs 'schema'"),
+        ({**SETUP, "schema": "<View></View>"}, "no <BrushLabels> control"),  # a new project's empty interface
+        ({**SETUP, "schema": NO_BRUSH}, "no <BrushLabels> control"),
+        ({**SETUP, "schema": "<View><Image name='image'"}, "cannot parse the labeling config"),
+    ],
+)
+def test_setup_refuses_a_config_it_cannot_answer(client, body, message):
+    answer = client.post("/setup", json=body)
+    assert answer.status_code == 400, answer.text
+    assert message in answer.json()["error"] and answer.json()["status"] == "ERROR"
+    assert client.post("/setup", json=SETUP).json() == {"model_version": "unisam-tiny"}  # still serving
+
+
 def test_malformed_bodies(client):
     assert client.post("/predict", content=b"not json", headers={"Content-Type": "application/json"}).status_code == 422
     assert client.post("/predict", json=[1, 2]).status_code == 422

@@ -2,9 +2,10 @@
 
 ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``.
 Errors answer ``{"status": "ERROR", "error": message}``: 400 for bad input (labeling config, context,
-task data), 502 when a task's image cannot be fetched or read, 500 otherwise (logged with its
-traceback). Endpoints are plain functions, so FastAPI runs requests from several annotators in
-parallel threads; the backend they share is thread-safe.
+task data; ``/setup`` already refuses a missing config or one without a control unisam can fill), 502
+when a task's image cannot be fetched or read, 500 otherwise (logged with its traceback). Endpoints
+are plain functions, so FastAPI runs requests from several annotators in parallel threads; the
+backend they share is thread-safe.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from .backend import TRAIN_EVENTS, UnisamBackend
+from .backend import TRAIN_EVENTS, BrushTarget, UnisamBackend, _is_video_config
 from .images import ImageError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def create_app(backend: UnisamBackend | None = None, *, preload: bool = False) -
     def setup(payload: JSONObject):
         return _answer(
             lambda: {
-                "model_version": backend.setup(
+                "model_version": check_setup_config(payload.get("schema")) or backend.setup(
                     payload.get("project"),
                     payload.get("schema"),
                     hostname=payload.get("hostname"),
@@ -98,6 +99,19 @@ def create_app(backend: UnisamBackend | None = None, *, preload: bool = False) -
         return {"versions": [backend.model_version]}
 
     return app
+
+
+def check_setup_config(label_config: object) -> None:
+    """Refuse at ``/setup`` (so Label Studio says so when the backend is connected, not at the first
+    prediction) a missing labeling config or one the backend cannot answer: it needs a ``<BrushLabels>``
+    control on an ``<Image>``, or a smart ``<VideoRectangle>`` on a ``<Video>``. Raises ``ValueError``."""
+    if not isinstance(label_config, str) or not label_config.strip():
+        raise ValueError(
+            "/setup needs 'schema', the project's labeling config XML (Label Studio sends it when the ML "
+            "backend is connected; give the project a labeling interface with <BrushLabels> first)"
+        )
+    if not _is_video_config(label_config):
+        BrushTarget.from_config(label_config)  # raises with what to add to the config
 
 
 def _answer(compute: Callable[[], dict], status_code: int = 200) -> JSONResponse:
