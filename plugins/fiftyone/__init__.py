@@ -24,7 +24,7 @@ from fiftyone.operators.executor import ExecutionOptions
 
 import unisam
 
-from .zoo import from_detections, keyframes_from_labels, segment_sample, set_label, to_detections
+from .unisam_fiftyone.zoo import from_detections, keyframes_from_labels, segment_sample, set_label, to_detections
 
 logger = logging.getLogger("unisam.fiftyone")
 

@@ -5,7 +5,9 @@ FiftyOne copies this directory (``manifest.json`` + this module) into its model 
 registered, then calls :func:`download_model` / :func:`load_model`::
 
     import fiftyone.zoo as foz
-    foz.register_zoo_model_source("https://github.com/<owner>/<repo>")   # the repository holding this dir
+    import unisam_fiftyone
+    unisam_fiftyone.register_zoo_source()                # from the installed package or a checkout
+    # or foz.register_zoo_model_source(URL)              # an archive of this directory, over HTTP(S)
     model = foz.load_zoo_model("unisam")                 # or load_zoo_model("unisam", model="edgesam")
     dataset.apply_model(model, label_field="masks", prompt_field="ground_truth")
 
