@@ -57,6 +57,17 @@ def test_batch_regions_are_named_from_the_configs_labels(client, clip_export):
     assert set(expected.labels) <= set(LABELS)
 
 
+def test_regions_below_the_unknown_threshold_keep_the_default_label(client, clip_export):
+    found = unisam.segment_everything(IMAGE, model="unisam-tiny", **EVERYTHING)
+    scores = unisam.label(IMAGE, found, LABELS, model=str(clip_export)).label_scores
+    threshold = float(np.median(scores))  # about half the regions fall below it
+    setup(client, auto_label="text", auto_label_unknown=threshold)
+    expected = unisam.label(IMAGE, found, LABELS, model=str(clip_export), unknown=threshold)
+    names = [r["value"]["brushlabels"][0] for r in batch_regions(client)]
+    assert None in expected.labels and any(expected.labels)
+    assert names == [name or "Nucleus" for name in expected.labels]
+
+
 def test_batch_regions_are_named_like_the_submitted_annotations(client):
     setup(client, auto_label="examples")
     before = batch_regions(client)  # no annotation submitted yet: the default label
@@ -93,7 +104,9 @@ def test_clicked_regions_keep_their_label_unless_auto_labels_are_asked_for(clien
     ("extra", "message"),
     [({"auto_label": "always"}, "auto_label must be one of"),
      ({"auto_label_clicks": "yes"}, "must be true or false"),
-     ({"auto_label": "text", "label_model": "ViT-B-32/no-such-tag"}, "needs a CLIP model")],
+     ({"auto_label": "text", "label_model": "ViT-B-32/no-such-tag"}, "needs a CLIP model"),
+     ({"auto_label_unknown": 1.5}, "auto_label_unknown must be a number in [0, 1]"),
+     ({"auto_label_unknown": "high"}, "auto_label_unknown must be a number in [0, 1]")],
 )
 def test_bad_auto_label_setups_are_refused_at_setup(client, extra, message):
     answer = client.post("/setup", json={**SETUP, "extra_params": {**SETUP["extra_params"], **extra}})

@@ -66,6 +66,15 @@ def test_name_objects_from_a_typed_vocabulary(make_napari_viewer, qtbot, clip_ex
     expected = unisam.label(image, unisam.Instances.from_masks(np.stack([data == i for i in ids])),
                             ["nucleus, nuclei", "cell", "debris"], model=str(clip_export))
     assert list(table.loc[ids, "name"]) == expected.labels
+    # above the 'unknown below' threshold only: the others lose unisam's name
+    widget.unknown.value = float(np.median(expected.label_scores))
+    threshold = widget.unknown.value  # as the spin box rounds it
+    widget.name_objects()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    table = viewer.layers["committed_objects"].features.set_index("index")
+    strict = [name if score >= threshold else None for name, score in zip(expected.labels, expected.label_scores)]
+    assert None in strict and any(strict)
+    assert [name if isinstance(name, str) else None for name in table.loc[ids, "name"]] == strict
 
 
 def test_name_objects_explains_what_is_missing(make_napari_viewer):

@@ -117,7 +117,8 @@ class ProjectSetup:
     region named from the config's brush labels with a CLIP model) or "examples" (named like the
     regions of the project's submitted annotations; no CLIP needed). auto_label_clicks: also name
     the interactive (clicked) region instead of keeping the clicked label. label_model: the CLIP
-    model for "text" (default: the backend's setting).
+    model for "text" (default: the backend's setting). auto_label_unknown: a region whose best label
+    probability is below this (0..1) is not named (it keeps ``label``).
     """
 
     hostname: str | None = None
@@ -127,6 +128,7 @@ class ProjectSetup:
     auto_label: str = "off"
     auto_label_clicks: bool = False
     label_model: str | None = None
+    unknown: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -286,8 +288,12 @@ class UnisamBackend:
         if not isinstance(clicks, bool):
             raise ValueError(f"extra param auto_label_clicks must be true or false, got {clicks!r}")
         label_model = extra.pop("label_model", None)
+        unknown = extra.pop("auto_label_unknown", 0.0)
+        if isinstance(unknown, bool) or not isinstance(unknown, (int, float)) or not 0 <= unknown <= 1:
+            raise ValueError(f"extra param auto_label_unknown must be a number in [0, 1], got {unknown!r}")
         setup = ProjectSetup(
-            hostname, access_token, check_everything_params(extra, "extra params"), label, auto, clicks, label_model
+            hostname, access_token, check_everything_params(extra, "extra params"), label, auto, clicks, label_model,
+            float(unknown),
         )
         if auto == "text":  # fail here, not at every prediction, when the CLIP model is not there
             try:
@@ -390,13 +396,14 @@ class UnisamBackend:
             return None
         if setup.auto_label == "text":
             model = setup.label_model or self.settings.label_model
-            return unisam.label(image, found, list(target.labels), model=model).labels
+            return unisam.label(image, found, list(target.labels), model=model, unknown=setup.unknown).labels
         with self._lock:
             examples = list(self._examples.get(_project_id(project), {}).values())
         if not examples:
             logger.info("auto_label=examples: no submitted annotations yet; regions keep the default label")
             return None
-        return unisam.label(image, found, examples=examples, segment_model=self.predictor).labels
+        return unisam.label(image, found, examples=examples, segment_model=self.predictor,
+                            unknown=setup.unknown).labels
 
     # ------------------------------------------------------------------ internals
     def _setup_of(self, project: str | None) -> ProjectSetup:

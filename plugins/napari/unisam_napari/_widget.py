@@ -90,6 +90,8 @@ class UnisamWidget(Container):
         )
         self.label_model = LineEdit(label="CLIP model")
         self.label_model.tooltip = f"open_clip 'arch/pretrained' or an exported folder; empty: {unisam.DEFAULT_LABEL_MODEL}"
+        self.unknown = FloatSpinBox(label="unknown below", value=0.0, min=0.0, max=1.0, step=0.05)
+        self.unknown.tooltip = "an object whose best class probability is below this stays unnamed"
         buttons = {
             "embed": "Compute embeddings",
             "segment": f"Segment [{KEYS['segment']}]",
@@ -129,6 +131,7 @@ class UnisamWidget(Container):
                 Label(value="names"),
                 self.vocabulary,
                 self.label_model,
+                self.unknown,
                 self.buttons["name_objects"],
             ]
         )
@@ -359,7 +362,7 @@ class UnisamWidget(Container):
         image = source.image(z)
 
         def work():
-            yield unisam.label(image, targets, **options)
+            yield unisam.label(image, targets, unknown=self.unknown.value, **options)
 
         def show(result: unisam.Instances) -> None:
             committed.features = with_names(committed.features, result.ids.tolist(), result.labels,
