@@ -123,7 +123,11 @@ def _read_file(path: Path) -> np.ndarray:
                 return _read_with_pil(path)
             except _TooLarge:
                 raise
-            except ValueError:
+            except ValueError as pil_error:
+                with open(path, "rb") as f:
+                    is_tiff = f.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+                if not is_tiff:  # named .tif but no TIFF at all: Pillow's verdict says what it is not
+                    raise pil_error
                 raise _unreadable(path, tiff_error) from tiff_error
     return _read_with_pil(path)
 
