@@ -192,6 +192,50 @@ def test_setup_refuses_a_config_it_cannot_answer(client, body, message):
     assert client.post("/setup", json=SETUP).json() == {"model_version": "unisam-tiny"}  # still serving
 
 
+def _corpus():
+    """The core's bad-input corpus (tests/core/bad_inputs.py), for task images Label Studio might serve."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
+    try:
+        import bad_inputs
+    finally:
+        sys.path.pop(0)
+    return bad_inputs
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("bomb.png", "has 10,000,000,000 pixels, more than the limit of 178,956,970 pixels"),
+        ("bomb.tif", "is 100000 x 100000 = 10,000,000,000 pixels"),
+        ("half.jpg", "truncated"),
+        ("notes.png", "not an image format Pillow knows"),
+        ("empty.png", "the file is empty (0 bytes)"),
+    ],
+)
+def test_unreadable_task_images_are_a_clear_502_and_the_server_keeps_serving(client, host, name, words):
+    corpus = _corpus()
+    data = {
+        "bomb.png": corpus.png_bytes(100_000, 100_000),
+        "bomb.tif": corpus.tiff_claiming(100_000, 100_000),
+        "half.jpg": corpus.encoded("JPEG")[: len(corpus.encoded("JPEG")) // 2],
+        "notes.png": b"just some text",
+        "empty.png": b"",
+    }[name]
+    host.files[f"/data/upload/1/bad-{name}"] = data
+    url = f"/data/upload/1/bad-{name}"
+    batch = {**BATCH, "tasks": [{**BATCH["tasks"][0], "data": {"image": url}}]}
+    for clicked, body in ((True, interactive([keypoint(5, 5, SIZE)], url)), (False, batch)):
+        answer = client.post("/predict", json=body)
+        if clicked:  # interactive: the request fails
+            assert answer.status_code == 502, answer.text
+            error = answer.json()["error"]
+        else:  # batch: the task's prediction carries the error, other tasks go on
+            assert answer.status_code == 200, answer.text
+            error = answer.json()["results"][0]["error"]
+        assert words in error and "\n" not in error, error
+    assert client.post("/predict", json=interactive([keypoint(*DISKS[2][:2], SIZE)])).status_code == 200
+
+
 def test_malformed_bodies(client):
     assert client.post("/predict", content=b"not json", headers={"Content-Type": "application/json"}).status_code == 422
     assert client.post("/predict", json=[1, 2]).status_code == 422
