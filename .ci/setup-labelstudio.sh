@@ -19,4 +19,6 @@ if [ ! -x .venv-labelstudio/bin/python ]; then
     python -m venv .venv-labelstudio
 fi
 .venv-labelstudio/bin/python -m pip install -q --upgrade pip
-.venv-labelstudio/bin/python -m pip install -q "label-studio==1.23.2"
+# sentry-sdk 3.0 dropped the send_default_pii option that Label Studio 1.23 passes at start (the server
+# exits with "TypeError: Unknown option 'send_default_pii'"): hold it below 3.
+.venv-labelstudio/bin/python -m pip install -q "label-studio==1.23.2" "sentry-sdk<3"
