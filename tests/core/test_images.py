@@ -58,10 +58,15 @@ def test_bool_maps_to_0_255():
     np.testing.assert_array_equal(load_image(mask), _rgb(np.where(mask, 255, 0).astype(np.uint8)))
 
 
-def test_float_unit_range_scaled_by_255():
-    values = np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32)
-    out = load_image(values)
-    np.testing.assert_array_equal(out[0, :, 0], [0, 64, 128, 255])
+def test_float_unit_range_is_stretched_like_16_bit():
+    # a 16-bit micrograph (signal on an offset, as the Cell Tracking Challenge's HeLa frames) converted
+    # to float in [0, 1] (skimage.util.img_as_float) must look to the model as the 16-bit original does,
+    # not as the flat grey of v * 255 (here 128..135)
+    raw = (33000 + RNG.gamma(2.0, 200.0, (60, 50))).clip(0, 65535).astype(np.uint16)
+    as_float = raw.astype(np.float32) / 65535
+    out = load_image(as_float)
+    assert int(out.max()) - int(out.min()) == 255
+    assert np.abs(out.astype(int) - load_image(raw).astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.int16, np.float32, np.float64])
