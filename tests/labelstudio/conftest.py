@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from ls_helpers import TOKEN, BackendServer, free_port
+from ls_helpers import TOKEN, BackendServer, ImageHost, free_port
 
 from unisam_labelstudio import Settings, UnisamBackend
 
@@ -95,10 +95,23 @@ def label_studio(tmp_path_factory) -> LabelStudio:
 
 
 @pytest.fixture(scope="session")
-def backend_server(label_studio) -> BackendServer:
-    """The backend configured like a user would: LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY."""
+def remote_host() -> ImageHost:
+    """An image host besides Label Studio that the backend is allowed to fetch from (tests add files)."""
+    with ImageHost({}) as host:
+        yield host
+
+
+@pytest.fixture(scope="session")
+def backend_server(label_studio, remote_host) -> BackendServer:
+    """The backend configured like a user would: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY and the one
+    other image host it may fetch from (UNISAM_ALLOWED_IMAGE_HOSTS)."""
     settings = Settings.from_env(
-        {"UNISAM_MODEL": "unisam-tiny", "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": TOKEN}
+        {
+            "UNISAM_MODEL": "unisam-tiny",
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": TOKEN,
+            "UNISAM_ALLOWED_IMAGE_HOSTS": remote_host.url.split("//")[1],
+        }
     )
     with BackendServer(UnisamBackend(settings)) as server:
         yield server

@@ -136,11 +136,13 @@ def free_port() -> int:
 
 class ImageHost:
     """A local HTTP server standing in for an image host: serves ``files`` (path -> bytes; the query
-    string is part of the path), 401 for paths containing ``private`` unless the right token is sent, 404
-    otherwise; records (path, Authorization header) of every request."""
+    string is part of the path), 303 to the location of paths in ``redirects``, 401 for paths
+    containing ``private`` unless the right token is sent, 404 otherwise; records (path, Authorization
+    header) of every request."""
 
-    def __init__(self, files: dict[str, bytes]):
+    def __init__(self, files: dict[str, bytes], redirects: dict[str, str] | None = None):
         self.files = dict(files)
+        self.redirects = dict(redirects or {})
         self.requests: list[tuple[str, str | None]] = []
         host = self
 
@@ -149,7 +151,11 @@ class ImageHost:
                 auth = self.headers.get("Authorization")
                 host.requests.append((self.path, auth))
                 body = host.files.get(self.path)
-                if "private" in self.path and auth != f"Token {TOKEN}":
+                if self.path in host.redirects:
+                    self.send_response(303)
+                    self.send_header("Location", host.redirects[self.path])
+                    body = b""
+                elif "private" in self.path and auth != f"Token {TOKEN}":
                     self.send_response(401)
                     body = b'{"detail": "Authentication credentials were not provided."}'
                 elif body is None:

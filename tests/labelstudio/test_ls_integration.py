@@ -39,9 +39,10 @@ RECORD = os.environ.get("UNISAM_LS_RECORD") == "1"
 class Project:
     id: int
     ml_id: int
-    tasks: dict[str, int]  # upload, local, missing, remote -> task id
+    tasks: dict[str, int]  # upload, local, missing, remote, forged -> task id
     images: dict[str, tuple]  # name -> (image, ground-truth masks, disks)
-    host: ImageHost
+    host: ImageHost  # the allowed remote host
+    forbidden: ImageHost  # a host the backend may not fetch from (the "forged" task's image)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +52,13 @@ def oracle() -> unisam.Predictor:
 
 
 @pytest.fixture(scope="module")
-def project(label_studio, backend_server):
+def project(label_studio, backend_server, remote_host):
     ls = label_studio
     images = {"upload": disks_image(), "local": disks_image(shift=10), "remote": disks_image(shift=-10)}
     (ls.files / "images" / "local.png").write_bytes(png_bytes(images["local"][0]))
-    with ImageHost({"/remote.png": png_bytes(images["remote"][0])}) as host:
+    host = remote_host
+    host.files["/remote.png"] = png_bytes(images["remote"][0])
+    with ImageHost({"/forged.png": png_bytes(images["remote"][0])}) as forbidden:
         new = {"title": "unisam test", "label_config": readme_config()}
         pid = ls.api("POST", "/api/projects", json=new).json()["id"]
         ls.api(
@@ -69,6 +72,7 @@ def project(label_studio, backend_server):
             {"data": {"image": "/data/local-files/?d=images/local.png"}},
             {"data": {"image": "/data/local-files/?d=images/missing.png"}},
             {"data": {"image": host.url + "/remote.png"}},
+            {"data": {"image": forbidden.url + "/forged.png"}},
         ]
         ids = ls.api("POST", f"/api/projects/{pid}/import?return_task_ids=true", json=others).json()["task_ids"]
         ml = ls.api(
@@ -83,8 +87,9 @@ def project(label_studio, backend_server):
             },
         ).json()
         assert ml["readable_state"] == "Connected" and ml["model_version"] == "unisam-tiny", ml
-        tasks = dict(zip(["upload", "local", "missing", "remote"], [upload, *sorted(ids)], strict=True))
-        yield Project(pid, ml["id"], tasks, images, host)
+        names = ["upload", "local", "missing", "remote", "forged"]
+        tasks = dict(zip(names, [upload, *sorted(ids)], strict=True))
+        yield Project(pid, ml["id"], tasks, images, host, forbidden)
 
 
 def interactive(ls, project: Project, task: str, regions: list[dict]) -> dict:
@@ -176,7 +181,7 @@ def test_retrieve_predictions_stores_segment_everything(label_studio, project, b
     retrieve(label_studio, project, ["upload"])
     if RECORD:
         (FIXTURES / "predict_batch.json").write_text(json.dumps(posted(backend_server, "/predict")[-1], indent=1))
-    retrieve(label_studio, project, ["local", "missing", "remote"])
+    retrieve(label_studio, project, ["local", "missing", "remote", "forged"])
     for name in ("upload", "local", "remote"):
         image, truth, _ = project.images[name]
         (prediction,) = stored(label_studio, project, name)
@@ -189,6 +194,7 @@ def test_retrieve_predictions_stores_segment_everything(label_studio, project, b
         inside = (masks[:, None] & truth[None]).sum((2, 3)) / masks.sum((1, 2))[:, None]  # (instances, disks)
         assert (inside.max(1) > 0.9).all() and (inside.max(0) > 0).all()  # on the disks, every disk found
     assert stored(label_studio, project, "missing") == []  # its error entry is skipped by Label Studio
+    assert stored(label_studio, project, "forged") == [] and project.forbidden.requests == []
 
 
 def test_bad_input_gets_clear_errors_and_serving_goes_on(label_studio, project, backend_server):
@@ -219,9 +225,11 @@ def test_bad_input_gets_clear_errors_and_serving_goes_on(label_studio, project, 
         assert answer.status_code == status and message in answer.json()["error"], answer.text
         assert predict().status_code == 200  # still serving
     # through Label Studio: its errors list carries the status
-    for task, regions, status in [("missing", [keypoint(20, 20, size)], "502"), ("upload", [], "400")]:
+    click = [keypoint(20, 20, size)]
+    for task, regions, status in [("missing", click, "502"), ("upload", [], "400"), ("forged", click, "403")]:
         answer = interactive(label_studio, project, task, regions)
         assert "data" not in answer and status in answer["errors"][0], answer
+    assert project.forbidden.requests == []  # a task image on a host that is not allowed is never fetched
     # a wrong token: Label Studio answers 401, the backend explains which setting to fix
     wrong = UnisamBackend(Settings(model="unisam-tiny", label_studio_url=label_studio.url, api_key="not-a-token"))
     with pytest.raises(ImageError, match="HTTP 401.*LABEL_STUDIO_API_KEY"):

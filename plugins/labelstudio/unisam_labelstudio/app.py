@@ -2,8 +2,9 @@
 
 ``GET /health`` (and ``/``), ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``.
 Errors answer ``{"status": "ERROR", "error": message}``: 400 for bad input (labeling config, context,
-task data; ``/setup`` already refuses a missing config or one without a control unisam can fill), 502
-when a task's image cannot be fetched or read, 500 otherwise (logged with its traceback). Endpoints
+task data; ``/setup`` already refuses a missing config or one without a control unisam can fill), 403
+when a task's URL points where images may not come from (see :mod:`.images`), 502 when a task's image
+cannot be fetched or read, 500 otherwise (logged with its traceback). Endpoints
 are plain functions, so FastAPI runs requests from several annotators in parallel threads; the
 backend they share is thread-safe.
 """
@@ -22,7 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from .backend import TRAIN_EVENTS, BrushTarget, UnisamBackend, _is_video_config
-from .images import ImageError
+from .images import ForbiddenURL, ImageError
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def create_app(backend: UnisamBackend | None = None, *, preload: bool = False) -
             "model_class": type(backend).__name__,
             "model": backend.model_name,
             "model_loaded": backend.model_loaded,
+            "caches": backend.cache_stats(),
         }
 
     @app.post("/setup")
@@ -121,6 +123,9 @@ def _answer(compute: Callable[[], dict], status_code: int = 200) -> JSONResponse
     except ValueError as error:
         logger.warning("bad request: %s", error)
         return _error(400, str(error))
+    except ForbiddenURL as error:
+        logger.warning("refused: %s", error)
+        return _error(403, str(error))
     except ImageError as error:
         logger.warning("image not available: %s", error)
         return _error(502, str(error))

@@ -24,7 +24,7 @@ import numpy as np
 import unisam
 from label_studio_sdk.label_interface import LabelInterface
 
-from .images import ImageError, TaskImages
+from .images import FetchPolicy, ImageError, TaskImages
 from .regions import (
     VIDEO_BOX_TYPE,
     VideoBox,
@@ -55,6 +55,11 @@ class Settings:
     default :func:`unisam.segment_everything` parameters for batch predictions. basic_auth
     (``BASIC_AUTH_USER`` + ``BASIC_AUTH_PASS``): require these HTTP basic credentials on every request.
     image_cache_mb (``UNISAM_IMAGE_CACHE_MB``, default 256): memory for recently fetched images.
+    embedding_cache_mb (``UNISAM_EMBEDDING_CACHE_MB``): memory for image embeddings of the process-wide
+    shared model (None: the core's default). allowed_image_hosts (``UNISAM_ALLOWED_IMAGE_HOSTS``,
+    comma-separated ``host``, ``host:port``, ``*.domain`` or ``http(s)://host[:port]``): hosts besides
+    Label Studio that task images may be fetched from. local_files_root
+    (``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``): local-storage files under it are read from disk.
     video_track_frames (``UNISAM_VIDEO_TRACK_FRAMES``, default 100): how many frames after the drawn
     one a smart video box is tracked over (fewer at the end of the video). label_model
     (``UNISAM_LABEL_MODEL``): the CLIP model that names regions from the config's labels (open_clip
@@ -67,6 +72,9 @@ class Settings:
     everything: Mapping[str, object] = field(default_factory=dict)
     basic_auth: tuple[str, str] | None = None
     image_cache_mb: float = 256
+    embedding_cache_mb: float | None = None
+    allowed_image_hosts: tuple[str, ...] = ()
+    local_files_root: str | None = None
     video_track_frames: int = 100
     label_model: str | None = None
 
@@ -83,16 +91,32 @@ class Settings:
         track_frames = get("UNISAM_VIDEO_TRACK_FRAMES") or "100"
         if not track_frames.isdigit() or int(track_frames) < 1:
             raise ValueError(f"UNISAM_VIDEO_TRACK_FRAMES must be a whole number of frames >= 1; got {track_frames!r}")
+        embedding_mb = get("UNISAM_EMBEDDING_CACHE_MB")
+        hosts = tuple(h.strip() for h in (get("UNISAM_ALLOWED_IMAGE_HOSTS") or "").split(",") if h.strip())
+        FetchPolicy.create(hosts)  # a bad entry stops the server at start
         return cls(
             model=get("UNISAM_MODEL"),
             label_studio_url=get("LABEL_STUDIO_URL", "LABEL_STUDIO_HOST"),
             api_key=get("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_ACCESS_TOKEN"),
             everything=check_everything_params(params, "UNISAM_EVERYTHING_PARAMS"),
             basic_auth=(user, password) if user and password else None,
-            image_cache_mb=float(get("UNISAM_IMAGE_CACHE_MB") or 256),
+            image_cache_mb=_megabytes(get("UNISAM_IMAGE_CACHE_MB") or "256", "UNISAM_IMAGE_CACHE_MB"),
+            embedding_cache_mb=_megabytes(embedding_mb, "UNISAM_EMBEDDING_CACHE_MB") if embedding_mb else None,
+            allowed_image_hosts=hosts,
+            local_files_root=get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"),
             video_track_frames=int(track_frames),
             label_model=get("UNISAM_LABEL_MODEL"),
         )
+
+
+def _megabytes(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"{name} must be a number of megabytes >= 0; got {text!r}")
+    return value
 
 
 def check_everything_params(params: object, source: str) -> dict:
@@ -233,7 +257,8 @@ class UnisamBackend:
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
-        self.images = TaskImages(int(self.settings.image_cache_mb * 2**20))
+        policy = FetchPolicy.create(self.settings.allowed_image_hosts, self.settings.local_files_root)
+        self.images = TaskImages(int(self.settings.image_cache_mb * 2**20), policy)
         self._projects: dict[str, ProjectSetup] = {}
         self._lock = threading.Lock()  # guards _projects
         self._model_lock = threading.Lock()  # a slow model load must not block /setup
@@ -255,15 +280,27 @@ class UnisamBackend:
 
     @property
     def predictor(self) -> unisam.Predictor:
-        """The shared predictor, loaded on first use (:func:`unisam.get_model` for registered names).
-        Raises RuntimeError when the model cannot be loaded (e.g. its weights are not downloaded)."""
+        """The shared predictor, loaded on first use (:func:`unisam.get_model` for registered names);
+        ``embedding_cache_mb`` sets its embedding cache's limit. Raises RuntimeError when the model
+        cannot be loaded (e.g. its weights are not downloaded)."""
         with self._model_lock:
             if self._predictor is None:
                 try:
-                    self._predictor = unisam.get_model(self.settings.model)
+                    predictor = unisam.get_model(self.settings.model)
                 except Exception as error:
                     raise RuntimeError(f"cannot load model {self.model_name!r}: {error}") from error
+                if self.settings.embedding_cache_mb is not None:
+                    predictor.cache.max_bytes = int(self.settings.embedding_cache_mb * 2**20)
+                self._predictor = predictor
             return self._predictor
+
+    def cache_stats(self) -> dict:
+        """Entries, bytes and byte limit of the image cache and (once the model is loaded) the
+        embedding cache: ``{"images": {...}, "embeddings": {...}}``."""
+        caches = {"images": self.images.cache}
+        if self._predictor is not None:
+            caches["embeddings"] = self._predictor.cache
+        return {name: {"entries": len(c), "bytes": c.nbytes, "max_bytes": c.max_bytes} for name, c in caches.items()}
 
     # ------------------------------------------------------------------ protocol
     def setup(
