@@ -82,7 +82,7 @@ def test_health_setup_versions_answer_without_loading_the_model(client):
         "model_class": "UnisamBackend",
         "model": "unisam-tiny",
         "model_loaded": False,
-        "caches": {"images": {"entries": 0, "bytes": 0, "max_bytes": 256 * 2**20}},
+        "caches": {"images": {"entries": 0, "bytes": 0, "max_bytes": 256 * 2**20, "hits": 0, "misses": 0}},
     }
     assert client.get("/").status_code == 200
     assert client.post("/setup", json=SETUP).json() == {"model_version": "unisam-tiny"}

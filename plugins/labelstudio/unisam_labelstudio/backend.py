@@ -295,12 +295,15 @@ class UnisamBackend:
             return self._predictor
 
     def cache_stats(self) -> dict:
-        """Entries, bytes and byte limit of the image cache and (once the model is loaded) the
-        embedding cache: ``{"images": {...}, "embeddings": {...}}``."""
+        """Entries, bytes, byte limit, hits and misses of the image cache and (once the model is
+        loaded) the embedding cache: ``{"images": {...}, "embeddings": {...}}``."""
         caches = {"images": self.images.cache}
         if self._predictor is not None:
             caches["embeddings"] = self._predictor.cache
-        return {name: {"entries": len(c), "bytes": c.nbytes, "max_bytes": c.max_bytes} for name, c in caches.items()}
+        return {
+            name: {"entries": len(c), "bytes": c.nbytes, "max_bytes": c.max_bytes, "hits": c.hits, "misses": c.misses}
+            for name, c in caches.items()
+        }
 
     # ------------------------------------------------------------------ protocol
     def setup(
