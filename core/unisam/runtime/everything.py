@@ -6,6 +6,13 @@ crops): embed the crop, decode each grid point (three masks per point), drop mas
 IoU is too low *before* upscaling them, upscale the survivors in memory-bounded chunks, drop unstable
 masks and masks cut by a crop edge, then NMS by box IoU within the crop and across crops. Masks are
 kept cropped to their boxes until the end, so memory grows with the objects found, not the grid.
+
+Dense small objects (nuclei, cells, coins): ``object_size`` (their typical diameter in pixels) replaces
+the crop layers and the grid with ones made for that size (:func:`object_crops`): crops
+``OBJECTS_PER_CROP`` object sizes a side, so that an object fills a useful part of the model's input,
+overlapping by two object sizes, with a grid point every ``POINT_SPACING`` object sizes (about four
+points on each object); ``mask_nms_thresh`` removes the near-duplicates that box NMS misses on small
+objects (a few pixels' difference moves a small box's IoU below 0.7).
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ UPSCALE_CHUNK_BYTES = 64 * 2**20
 # Distance (pixels) within which a box is "at" a crop edge; SAM's value.
 CROP_EDGE_TOLERANCE = 20.0
 _CONNECTIVITY_8 = np.ones((3, 3), dtype=bool)
+# With object_size: crop side and grid spacing, in object sizes (on coins and a HeLa frame,
+# benchmarks/real_images.py, every reference object but one then had a candidate at IoU >= 0.5).
+OBJECTS_PER_CROP = 10.0
+POINT_SPACING = 0.5
 
 
 # The algorithm works on SAM's inclusive boxes (x2, y2 = last column, row), as SAM's automatic mask
@@ -100,6 +111,13 @@ class EverythingParams:
     min_mask_region_area: int = _option(
         0, "fill holes and drop islands smaller than this (pixels); 0 = off", common=True
     )
+    object_size: float = _option(
+        0.0, "typical object diameter (pixels): crops and grid made for objects of that size (dense nuclei, "
+        "cells) instead of points_per_side and crop layers; 0 = off"
+    )
+    mask_nms_thresh: float = _option(
+        0.0, "mask IoU above which two masks are one object (after box NMS; 0.3 suits dense small objects); 0 = off"
+    )
 
     def __post_init__(self) -> None:
         for option in self.options():
@@ -113,6 +131,8 @@ class EverythingParams:
             raise ValueError("points_per_side and points_per_batch must be >= 1")
         if self.crop_n_layers < 0 or self.crop_n_points_downscale_factor < 1:
             raise ValueError("crop_n_layers must be >= 0 and crop_n_points_downscale_factor >= 1")
+        if self.object_size < 0 or not 0 <= self.mask_nms_thresh <= 1:
+            raise ValueError("object_size must be >= 0 (0 = off) and mask_nms_thresh within [0, 1] (0 = off)")
         if self.points_per_side // self.crop_n_points_downscale_factor**self.crop_n_layers < 1:
             raise ValueError(
                 f"crop layer {self.crop_n_layers} would get no points: points_per_side={self.points_per_side} / "
@@ -155,24 +175,32 @@ def segment_everything(
     """All objects in ``image`` (anything :func:`unisam.images.load_image` accepts) as Instances sorted
     by predicted IoU (``scores``). ``params`` (default SAM's) with ``changes`` applied by name; see
     :class:`EverythingParams`. Per crop: a grid of single-point prompts, masks filtered by predicted IoU,
-    stability and crop edges, box NMS within and across crops (smaller crops win), then optional
-    small-region cleaning. Empty masks are always dropped. ``progress``: a tqdm bar over decoder batches.
+    stability and crop edges, box NMS within and across crops (smaller crops win), optional mask NMS
+    (``mask_nms_thresh``), then optional small-region cleaning. ``object_size`` > 0 replaces the crop
+    layers and grids by :func:`object_crops`. Empty masks are always dropped. ``progress``: a tqdm bar
+    over decoder batches.
     """
     p = (params or EverythingParams()).replace(**changes)
     image = load_image(image)
     height, width = image.shape[:2]
-    grids = build_layer_point_grids(p.points_per_side, p.crop_n_layers, p.crop_n_points_downscale_factor)
-    crop_boxes, layer_idxs = generate_crop_boxes((height, width), p.crop_n_layers, p.crop_overlap_ratio)
+    if p.object_size > 0:
+        crops = object_crops((height, width), p.object_size)
+    else:
+        grids = build_layer_point_grids(p.points_per_side, p.crop_n_layers, p.crop_n_points_downscale_factor)
+        crop_boxes, layer_idxs = generate_crop_boxes((height, width), p.crop_n_layers, p.crop_overlap_ratio)
+        crops = [(box, grids[layer]) for box, layer in zip(crop_boxes, layer_idxs)]
 
-    total = sum(math.ceil(len(grids[i]) / p.points_per_batch) for i in layer_idxs)
+    total = sum(math.ceil(len(grid) / p.points_per_batch) for _, grid in crops)
     found = _Candidates()
     with tqdm(total=total, desc="segment everything", unit="batch", disable=not progress) as bar:
-        for crop_box, layer in zip(crop_boxes, layer_idxs):
-            part = _process_crop(image, crop_box, grids[layer], predictor, p, bar)
+        for crop_box, grid in crops:
+            part = _process_crop(image, crop_box, grid, predictor, p, bar)
             found.extend(part.select(nms(part.boxes, part.scores, p.box_nms_thresh)))
-    if len(crop_boxes) > 1 and len(found.scores):
+    if len(crops) > 1 and len(found.scores):
         prefer_small = 1.0 / found.crop_areas
         found = found.select(nms(found.boxes, prefer_small, p.crop_nms_thresh))
+    if p.mask_nms_thresh > 0 and len(found.scores):
+        found = found.select(found.mask_nms(p.mask_nms_thresh))
 
     found = found.select(np.argsort(-found.scores, kind="stable"))  # ties below favour higher IoU
     masks, boxes, scores = found.to_full_masks((height, width)), found.boxes, found.scores
@@ -218,6 +246,37 @@ def generate_crop_boxes(
                 boxes.append((x0, y0, min(x0 + crop_w, width), min(y0 + crop_h, height)))
                 layers.append(layer)
     return boxes, layers
+
+
+def tile_boxes(image_size: tuple[int, int], tile_size: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(x0, y0, x1, y1)`` (x1, y1 exclusive) covering an ``(H, W)`` image, row-major: each at most
+    ``tile_size`` a side, neighbours overlapping by at least ``overlap`` pixels, spread evenly so that
+    the last tile ends at the image edge. An image no larger than a tile is one tile."""
+    if tile_size < 1 or not 0 <= overlap < tile_size:
+        raise ValueError(f"need tile_size >= 1 and 0 <= overlap < tile_size; got {tile_size}, {overlap}")
+    starts = [_starts(side, tile_size, overlap) for side in image_size]
+    height, width = image_size
+    return [(x, y, min(x + tile_size, width), min(y + tile_size, height)) for y in starts[0] for x in starts[1]]
+
+
+def _starts(side: int, tile: int, overlap: int) -> list[int]:
+    """Evenly spread tile starts along one side: first 0, last ``side - tile``."""
+    if side <= tile:
+        return [0]
+    n = math.ceil((side - overlap) / (tile - overlap))
+    return [round(i * (side - tile) / (n - 1)) for i in range(n)]
+
+
+def object_crops(image_size: tuple[int, int], object_size: float) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Crops ``(x0, y0, x1, y1)`` and their normalised point grids for objects about ``object_size``
+    pixels across in an ``(H, W)`` image: :func:`tile_boxes` of side ``OBJECTS_PER_CROP * object_size``
+    (the whole image when it is smaller) overlapping by ``2 * object_size``, each with a grid point
+    every ``POINT_SPACING * object_size`` pixels along its longer side."""
+    height, width = image_size
+    side = int(min(max(height, width), max(2, round(OBJECTS_PER_CROP * object_size))))
+    crops = tile_boxes(image_size, side, int(min(round(2 * object_size), side - 1)))
+    spacing = POINT_SPACING * object_size
+    return [(c, build_point_grid(max(1, math.ceil(max(c[2] - c[0], c[3] - c[1]) / spacing)))) for c in crops]
 
 
 def stability_score(logits: np.ndarray, offset: float, threshold: float = 0.0) -> np.ndarray:
@@ -308,6 +367,33 @@ class _Candidates:
     def select(self, index: np.ndarray) -> _Candidates:
         pieces = [self.pieces[i] for i in index]
         return _Candidates(pieces, self.boxes[index], self.scores[index], self.crop_areas[index])
+
+    def mask_nms(self, iou_threshold: float) -> np.ndarray:
+        """Greedy NMS by mask IoU: indices ``(K,)`` of the kept masks, best score first; a mask is dropped
+        when its IoU with a kept, higher-scoring mask exceeds ``iou_threshold``."""
+        boxes = self.boxes.astype(np.int64)
+        keep: list[int] = []
+        for i in np.argsort(-self.scores, kind="stable"):
+            kept = np.asarray(keep, dtype=np.int64)
+            kb, b = boxes[kept], boxes[i]  # only kept masks whose boxes meet this one can overlap it
+            meets = (np.minimum(kb[:, 2], b[2]) >= np.maximum(kb[:, 0], b[0])) & (
+                np.minimum(kb[:, 3], b[3]) >= np.maximum(kb[:, 1], b[1])
+            )
+            if not any(self._mask_iou(int(i), int(j)) > iou_threshold for j in kept[meets]):
+                keep.append(int(i))
+        return np.asarray(keep, dtype=np.int64)
+
+    def _mask_iou(self, i: int, j: int) -> float:
+        """IoU of pieces ``i`` and ``j``, placed in the union of their boxes."""
+        (ax, ay), (bx, by) = self.boxes[i, :2].astype(np.int64), self.boxes[j, :2].astype(np.int64)
+        a, b = self.pieces[i], self.pieces[j]
+        x0, y0 = min(ax, bx), min(ay, by)
+        x1, y1 = max(ax + a.shape[1], bx + b.shape[1]), max(ay + a.shape[0], by + b.shape[0])
+        canvas = np.zeros((2, y1 - y0, x1 - x0), dtype=bool)
+        canvas[0, ay - y0 : ay - y0 + a.shape[0], ax - x0 : ax - x0 + a.shape[1]] = a
+        canvas[1, by - y0 : by - y0 + b.shape[0], bx - x0 : bx - x0 + b.shape[1]] = b
+        union = np.count_nonzero(canvas[0] | canvas[1])
+        return float(np.count_nonzero(canvas[0] & canvas[1]) / union) if union else 0.0
 
     def to_full_masks(self, image_size: tuple[int, int]) -> np.ndarray:
         """``(N, H, W)`` bool: each piece placed at its box."""

@@ -28,7 +28,7 @@ from ..instances import Instances
 from ..masks import masks_to_boxes
 from ..prompts import Prompt, collect_prompts
 from .cache import Embedding
-from .everything import EverythingParams, is_box_near_crop_edge, nms, segment_everything
+from .everything import EverythingParams, is_box_near_crop_edge, nms, segment_everything, tile_boxes
 from .predictor import Predictor
 
 Box = tuple[int, int, int, int]
@@ -58,17 +58,6 @@ class Tiling:
         """The tiles of an ``(H, W)`` image for ``predictor`` (see :func:`tile_boxes`)."""
         size = self.side(predictor)
         return tile_boxes(image_size, size, size // 4 if self.overlap is None else int(self.overlap))
-
-
-def tile_boxes(image_size: tuple[int, int], tile_size: int, overlap: int) -> list[Box]:
-    """Tiles ``(x0, y0, x1, y1)`` (x1, y1 exclusive) covering an ``(H, W)`` image, row-major: each at most
-    ``tile_size`` a side, neighbours overlapping by at least ``overlap`` pixels, spread evenly so that
-    the last tile ends at the image edge. An image no larger than a tile is one tile."""
-    if tile_size < 1 or not 0 <= overlap < tile_size:
-        raise ValueError(f"need tile_size >= 1 and 0 <= overlap < tile_size; got {tile_size}, {overlap}")
-    starts = [_starts(side, tile_size, overlap) for side in image_size]
-    height, width = image_size
-    return [(x, y, min(x + tile_size, width), min(y + tile_size, height)) for y in starts[0] for x in starts[1]]
 
 
 def segment_everything_tiled(
@@ -140,14 +129,6 @@ def segment_prompts_tiled(
 def embed_tiles(image: np.ndarray, predictor: Predictor, tiling: Tiling) -> list[Embedding]:
     """The embedding of every tile of a ``(H, W, 3)`` uint8 image (as the tiled functions cut it)."""
     return [predictor.embed(_crop(image, tile)) for tile in tiling.tiles(image.shape[:2], predictor)]
-
-
-def _starts(side: int, tile: int, overlap: int) -> list[int]:
-    """Evenly spread tile starts along one side: first 0, last ``side - tile``."""
-    if side <= tile:
-        return [0]
-    n = math.ceil((side - overlap) / (tile - overlap))
-    return [round(i * (side - tile) / (n - 1)) for i in range(n)]
 
 
 def _crop(image: np.ndarray, tile: Box) -> np.ndarray:
