@@ -39,6 +39,8 @@ import numpy as np
 import requests
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import VERIFY_SSL
 from unisam import LRUCache, load_image
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
 LOCAL_FILES = "/data/local-files/"
@@ -60,15 +62,21 @@ Origin = tuple[str, str, int]  # scheme, lower-case host, port
 
 
 def _origin(url: str) -> Origin | None:
-    """(scheme, host, port) of an absolute http(s) URL; None for anything else."""
+    """(scheme, host, port) of an absolute http(s) URL; None for anything else, and for a URL that
+    Python's parser and the one requests connects with (urllib3) read as different hosts (e.g.
+    ``http://a.example\\@b.example/``: urllib3 connects to a.example), so the checked host is the one
+    that gets the request."""
     try:
         parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
+        ours = (parts.scheme, (parts.hostname or "").lower(), parts.port)
+        theirs = parse_url(requests.Request("GET", url).prepare().url)
+    except (ValueError, requests.RequestException, LocationParseError):
         return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if ours[0] not in ("http", "https") or not ours[1]:
         return None
-    return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
+    if ours != (theirs.scheme, (theirs.host or "").strip("[]").lower(), theirs.port):
+        return None
+    return ours[0], ours[1], ours[2] or (443 if ours[0] == "https" else 80)
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,7 @@ class TaskImages:
         if scheme in ("http", "https"):
             origin = _origin(url)
             if origin is None:
-                raise ImageError(f"cannot fetch {where}: it is no valid URL")
+                raise ForbiddenURL(f"refused {where}: it is no valid URL, or its host is ambiguous")
             if origin == _origin(hostname):
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
                 return self._on_label_studio(path, hostname, token, where, require_token=False)
