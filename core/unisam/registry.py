@@ -175,6 +175,17 @@ register(
     )
 )
 
+register(
+    ModelCard(
+        name=BUNDLED_MODEL + "-int8",
+        arch=read_export(ASSETS / (BUNDLED_MODEL + "-int8"))[0],
+        description="unisam-tiny with an int8 image encoder (ONNX Runtime static quantization, "
+        "unisam.quantize.quantize_export; decoder float32); faster encoder, see benchmarks/int8.py",
+        bundled=ASSETS / (BUNDLED_MODEL + "-int8"),
+        everything=get_card(BUNDLED_MODEL).everything,
+    )
+)
+
 _EDGESAM_SPACE = "https://huggingface.co/spaces/chongzhou/EdgeSAM/resolve/main/weights/"
 _SAM_BUCKET = "https://dl.fbaipublicfiles.com/segment_anything/"
 
