@@ -137,12 +137,13 @@ def free_port() -> int:
 class ImageHost:
     """A local HTTP server standing in for an image host: serves ``files`` (path -> bytes; the query
     string is part of the path), 303 to the location of paths in ``redirects``, 401 for paths
-    containing ``private`` unless the right token is sent, 404 otherwise; records (path, Authorization
-    header) of every request."""
+    containing ``private`` unless the right token is sent, 404 otherwise, each after ``delay_s``
+    seconds; records (path, Authorization header) of every request."""
 
     def __init__(self, files: dict[str, bytes], redirects: dict[str, str] | None = None):
         self.files = dict(files)
         self.redirects = dict(redirects or {})
+        self.delay_s = 0.0
         self.requests: list[tuple[str, str | None]] = []
         host = self
 
@@ -150,6 +151,7 @@ class ImageHost:
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 auth = self.headers.get("Authorization")
                 host.requests.append((self.path, auth))
+                time.sleep(host.delay_s)
                 body = host.files.get(self.path)
                 if self.path in host.redirects:
                     self.send_response(303)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -217,6 +218,15 @@ def test_repeated_loads_come_from_memory_within_the_budget(hosts):
     fetched = [path for path, _ in label_studio.requests if path.startswith("/data/")]
     # the first upload, the local file, then the upload again (evicted by the local file)
     assert fetched.count(UPLOAD) == 2 and len(fetched) == 3
+
+
+def test_simultaneous_first_loads_of_one_image_download_it_once(hosts):
+    label_studio = hosts[0]
+    label_studio.delay_s = 0.3  # the requests overlap
+    images, url = TaskImages(), label_studio.url + "/private/disks.png"
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda _: images.load(url, hostname=label_studio.url, token=TOKEN), range(8)))
+    assert all(image is loaded[0] for image in loaded) and len(label_studio.requests) == 1
 
 
 @pytest.mark.parametrize(

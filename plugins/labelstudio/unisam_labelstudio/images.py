@@ -29,6 +29,7 @@ import posixpath
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -148,28 +149,37 @@ class FetchPolicy:
 class TaskImages:
     """Loads task images as (H, W, 3) uint8 RGB from where ``policy`` allows; an LRU keeps the last
     ones, at most ``max_bytes`` in all, so repeated clicks on one image neither download nor decode it
-    again. Thread-safe."""
+    again; simultaneous first clicks on one image download it once. Thread-safe."""
 
     def __init__(self, max_bytes: int = 256 * 2**20, policy: FetchPolicy | None = None):
         self.cache = LRUCache(max_bytes)
         self.policy = policy or FetchPolicy()
         self._tokens = AccessTokens()
+        self._loading: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> lock while loading
+        self._guard = threading.Lock()
 
     def load(self, url: str, *, hostname: str | None, token: str | None, task_id: int | None = None) -> np.ndarray:
         """The image at ``url`` (a task's data value). ``hostname``: Label Studio's base URL
         (http[s]://host:port), ``token``: its access token. Raises :class:`ImageError`."""
         if not isinstance(url, str) or not url:
             raise ImageError(f"task {task_id} has no image URL (got {url!r})")
-        image = self.cache.get((hostname or "", url))
-        if image is None:
-            with tempfile.TemporaryDirectory(prefix="unisam-ls-") as tmp:
-                path = self._get(url, tmp, hostname or "", token or "", task_id, "image")
-                try:
-                    image = load_image(path)
-                except (ValueError, OSError) as error:
-                    raise ImageError(f"cannot read image {url!r} of task {task_id}: {error}") from None
-            image.flags.writeable = False  # shared between requests
-            self.cache.put((hostname or "", url), image)
+        key = (hostname or "", url)
+        image = self.cache.get(key)
+        if image is not None:
+            return image
+        with self._guard:
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # simultaneous first requests for one image: one download, the others wait for it
+            image = self.cache.get(key)
+            if image is None:
+                with tempfile.TemporaryDirectory(prefix="unisam-ls-") as tmp:
+                    path = self._get(url, tmp, hostname or "", token or "", task_id, "image")
+                    try:
+                        image = load_image(path)
+                    except (ValueError, OSError) as error:
+                        raise ImageError(f"cannot read image {url!r} of task {task_id}: {error}") from None
+                image.flags.writeable = False  # shared between requests
+                self.cache.put(key, image)
         return image
 
     def fetch(

@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         backend = UnisamBackend(replace(Settings.from_env(), model=args.model))
     except ValueError as error:
         parser.error(str(error))
+    if not backend.settings.label_studio_url:
+        logging.getLogger(__name__).warning(
+            "LABEL_STUDIO_URL is not set: task images are fetched from the hostname each /setup request names; "
+            "set LABEL_STUDIO_URL (and BASIC_AUTH_USER/BASIC_AUTH_PASS) where others can reach this backend"
+        )
     app = create_app(backend, preload=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
     return 0
