@@ -2,6 +2,8 @@
 
 - Encoder time: both encoders' ONNX Runtime sessions (as the predictor makes them) on the same input,
   interleaved, ``--repeats`` runs each after a warm-up; median milliseconds and the ratio int8 / fp32.
+  The same for the EdgeSAM encoder (1024 input; random weights, exported and quantized here with
+  :func:`unisam.quantize.quantize_export`, which times the same; needs the torch extra).
 - Accuracy: box and centre-click mIoU on every real image of ``benchmarks/real_images.py`` (whole image
   and tiled), for both models, and the change in points (int8 - fp32).
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +26,20 @@ from unisam.runtime.transforms import normalize_and_pad, resize_longest_side
 
 sys.path.insert(0, str(Path(__file__).parent))
 from real_images import prompt_miou, real_images  # noqa: E402
+
+
+def edgesam_pair(directory: Path, threads: int | None) -> list[unisam.Predictor]:
+    """EdgeSAM with random weights exported to ``directory``/fp32 and quantized to ``directory``/int8."""
+    import torch
+
+    from unisam.models import build_sam, export_onnx
+    from unisam.quantize import calibration_tensors, quantize_export
+    from unisam.registry import EDGE_SAM
+
+    torch.manual_seed(0)
+    export_onnx(build_sam(EDGE_SAM).eval(), directory / "fp32")
+    quantize_export(directory / "fp32", directory / "int8", calibration=calibration_tensors(directory / "fp32", 4))
+    return [unisam.load_model(weights=directory / kind, threads=threads) for kind in ("fp32", "int8")]
 
 
 def encoder_ms(models: list[unisam.Predictor], repeats: int) -> list[float]:
@@ -52,10 +69,12 @@ def main() -> None:
     args = parser.parse_args()
     models = [unisam.load_model(args.fp32, threads=args.threads), unisam.load_model(args.int8, threads=args.threads)]
 
-    fp32_ms, int8_ms = encoder_ms(models, args.repeats)
-    print(f"encoder ({models[0].spec.image_size} px input, {args.threads or 'all usable'} threads, median of "
-          f"{args.repeats}): fp32 {fp32_ms:.2f} ms, "
-          f"int8 {int8_ms:.2f} ms, ratio int8/fp32 {int8_ms / fp32_ms:.2f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = [(args.fp32, models, args.repeats), ("edgesam (random weights)", edgesam_pair(Path(tmp), args.threads), 10)]
+        for name, pair, repeats in pairs:
+            fp32_ms, int8_ms = encoder_ms(pair, repeats)
+            print(f"{name} encoder ({pair[0].spec.image_size} px input, {args.threads or 'all usable'} threads, "
+                  f"median of {repeats}): fp32 {fp32_ms:.2f} ms, int8 {int8_ms:.2f} ms, ratio {int8_ms / fp32_ms:.2f}")
 
     cols = ("box", "centre", "box tiled", "centre tiled")
     print("| image | " + " | ".join(f"{c} fp32 | {c} int8" for c in cols) + " |")
