@@ -138,12 +138,14 @@ class ImageHost:
     """A local HTTP server standing in for an image host: serves ``files`` (path -> bytes; the query
     string is part of the path), 303 to the location of paths in ``redirects``, 401 for paths
     containing ``private`` unless the right token is sent, 404 otherwise, each after ``delay_s``
-    seconds; records (path, Authorization header) of every request."""
+    seconds and with a Content-Length header unless ``sized`` is false; records (path, Authorization
+    header) of every request."""
 
     def __init__(self, files: dict[str, bytes], redirects: dict[str, str] | None = None):
         self.files = dict(files)
         self.redirects = dict(redirects or {})
         self.delay_s = 0.0
+        self.sized = True
         self.requests: list[tuple[str, str | None]] = []
         host = self
 
@@ -165,7 +167,8 @@ class ImageHost:
                     body = b"not found"
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if host.sized:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 

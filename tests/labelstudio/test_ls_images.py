@@ -229,6 +229,21 @@ def test_simultaneous_first_loads_of_one_image_download_it_once(hosts):
     assert all(image is loaded[0] for image in loaded) and len(label_studio.requests) == 1
 
 
+@pytest.mark.parametrize("sized", [True, False])
+def test_downloads_over_the_limit_are_stopped(hosts, sized):
+    label_studio = hosts[0]
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    label_studio.files["/data/upload/3/big.png"] = png_bytes(noise)  # ~12 kB: incompressible
+    label_studio.sized = sized  # with a Content-Length header, or only counted while streaming
+    images = TaskImages(policy=FetchPolicy.create(max_download_mb=0.01))
+    with pytest.raises(ImageError, match="big.png' of task 7: it is larger than UNISAM_MAX_DOWNLOAD_MB \\(0.01 MB\\)"):
+        images.load("/data/upload/3/big.png", hostname=label_studio.url, token=TOKEN, task_id=7)
+    np.testing.assert_array_equal(images.load(UPLOAD, hostname=label_studio.url, token=TOKEN), IMAGE)  # < 10 kB
+    assert Settings.from_env({"UNISAM_MAX_DOWNLOAD_MB": "8"}).max_download_mb == 8
+    with pytest.raises(ValueError, match="UNISAM_MAX_DOWNLOAD_MB must be a number of megabytes"):
+        Settings.from_env({"UNISAM_MAX_DOWNLOAD_MB": "lots"})
+
+
 @pytest.mark.parametrize(
     "url, token, message",
     [

@@ -60,6 +60,8 @@ class Settings:
     comma-separated ``host``, ``host:port``, ``*.domain`` or ``http(s)://host[:port]``): hosts besides
     Label Studio that task images may be fetched from. local_files_root
     (``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``): local-storage files under it are read from disk.
+    max_download_mb (``UNISAM_MAX_DOWNLOAD_MB``, default 4096): a task image or video larger than this
+    is not downloaded.
     video_track_frames (``UNISAM_VIDEO_TRACK_FRAMES``, default 100): how many frames after the drawn
     one a smart video box is tracked over (fewer at the end of the video). label_model
     (``UNISAM_LABEL_MODEL``): the CLIP model that names regions from the config's labels (open_clip
@@ -75,6 +77,7 @@ class Settings:
     embedding_cache_mb: float | None = None
     allowed_image_hosts: tuple[str, ...] = ()
     local_files_root: str | None = None
+    max_download_mb: float = 4096
     video_track_frames: int = 100
     label_model: str | None = None
 
@@ -104,6 +107,7 @@ class Settings:
             embedding_cache_mb=_megabytes(embedding_mb, "UNISAM_EMBEDDING_CACHE_MB") if embedding_mb else None,
             allowed_image_hosts=hosts,
             local_files_root=get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"),
+            max_download_mb=_megabytes(get("UNISAM_MAX_DOWNLOAD_MB") or "4096", "UNISAM_MAX_DOWNLOAD_MB"),
             video_track_frames=int(track_frames),
             label_model=get("UNISAM_LABEL_MODEL"),
         )
@@ -257,7 +261,9 @@ class UnisamBackend:
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
-        policy = FetchPolicy.create(self.settings.allowed_image_hosts, self.settings.local_files_root)
+        policy = FetchPolicy.create(
+            self.settings.allowed_image_hosts, self.settings.local_files_root, self.settings.max_download_mb
+        )
         self.images = TaskImages(int(self.settings.image_cache_mb * 2**20), policy)
         self._projects: dict[str, ProjectSetup] = {}
         self._lock = threading.Lock()  # guards _projects

@@ -16,9 +16,10 @@ Where a task file may come from (no server-side request forgery; a refused URL i
   their redirects must stay on Label Studio or an allowed host.
 
 Anything else (other hosts, e.g. ``http://169.254.169.254/``, ``file://``, other schemes) is refused
-with :class:`ForbiddenURL`. Downloads stream to disk with timeouts. Both kinds of Label Studio token
-work: a legacy token is sent as ``Token <key>``; a personal access token (a JWT refresh token) is
-exchanged at ``/api/token/refresh/`` for short-lived access tokens, sent as ``Bearer <access>``.
+with :class:`ForbiddenURL`. Downloads stream to disk with timeouts, up to ``UNISAM_MAX_DOWNLOAD_MB``.
+Both kinds of Label Studio token work: a legacy token is sent as ``Token <key>``; a personal access
+token (a JWT refresh token) is exchanged at ``/api/token/refresh/`` for short-lived access tokens,
+sent as ``Bearer <access>``.
 """
 
 from __future__ import annotations
@@ -117,15 +118,21 @@ class AllowedHost:
 @dataclass(frozen=True)
 class FetchPolicy:
     """Where task files may come from besides Label Studio: ``allowed_hosts`` and local files under
-    ``local_root`` (see the module docstring)."""
+    ``local_root`` (see the module docstring); a download larger than ``max_download_bytes`` is
+    stopped."""
 
     allowed_hosts: tuple[AllowedHost, ...] = ()
     local_root: str | None = None
+    max_download_bytes: int = 4 * 2**30
 
     @classmethod
-    def create(cls, allowed_hosts: Iterable[str] = (), local_root: str | None = None) -> FetchPolicy:
-        """From host entries (strings) and a local-files root; raises ValueError for a bad entry."""
-        return cls(tuple(AllowedHost.parse(h) for h in allowed_hosts if h.strip()), local_root or None)
+    def create(
+        cls, allowed_hosts: Iterable[str] = (), local_root: str | None = None, max_download_mb: float = 4096
+    ) -> FetchPolicy:
+        """From host entries (strings), a local-files root and a download limit in MB; raises
+        ValueError for a bad entry."""
+        hosts = tuple(AllowedHost.parse(h) for h in allowed_hosts if h.strip())
+        return cls(hosts, local_root or None, int(max_download_mb * 2**20))
 
     def allows(self, origin: Origin) -> bool:
         return any(allowed.matches(origin) for allowed in self.allowed_hosts)
@@ -302,9 +309,17 @@ class TaskImages:
                         url = urljoin(url, response.headers["location"])
                         continue
                     response.raise_for_status()
-                    path = os.path.join(directory, _file_name(url))
+                    limit, announced = self.policy.max_download_bytes, response.headers.get("Content-Length", "")
+                    mb = round(limit / 2**20, 3)
+                    too_large = ImageError(f"cannot fetch {where}: it is larger than UNISAM_MAX_DOWNLOAD_MB ({mb:g} MB)")
+                    if announced.isdigit() and int(announced) > limit:
+                        raise too_large
+                    path, written = os.path.join(directory, _file_name(url)), 0
                     with open(path, "wb") as out:
                         for chunk in response.iter_content(CHUNK_BYTES):
+                            written += len(chunk)
+                            if written > limit:
+                                raise too_large
                             out.write(chunk)
                     return path
             except requests.HTTPError as error:

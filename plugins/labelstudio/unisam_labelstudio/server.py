@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         "and batch (segment everything) labeling with unisam. Other settings come from environment "
         "variables: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, BASIC_AUTH_USER, BASIC_AUTH_PASS, "
         "UNISAM_EVERYTHING_PARAMS, UNISAM_IMAGE_CACHE_MB, UNISAM_EMBEDDING_CACHE_MB, UNISAM_ALLOWED_IMAGE_HOSTS, "
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT.",
+        "UNISAM_MAX_DOWNLOAD_MB, LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT.",
     )
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to listen on (env HOST)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 9090)), help="port (env PORT, 9090)")
