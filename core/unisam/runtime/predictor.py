@@ -40,6 +40,79 @@ class Prediction:
         return int(np.argmax(self.scores))
 
 
+@dataclass
+class MaskWindow:
+    """A mask at the original image size stored as its window: ``crop`` (h, w) bool at rows
+    ``top : top + h``, columns ``left : left + w``; no pixel outside it is set."""
+
+    top: int
+    left: int
+    crop: np.ndarray
+
+    @property
+    def area(self) -> int:
+        """Pixels set."""
+        return int(np.count_nonzero(self.crop))
+
+    def paste(self, size: tuple[int, int]) -> np.ndarray:
+        """The (H, W) bool mask."""
+        out = np.zeros(size, bool)
+        out[self.top : self.top + self.crop.shape[0], self.left : self.left + self.crop.shape[1]] = self.crop
+        return out
+
+    def overlap(self, mask: np.ndarray) -> int:
+        """Pixels set in both this and the (H, W) bool ``mask``."""
+        h, w = self.crop.shape
+        return int(np.count_nonzero(mask[self.top : self.top + h, self.left : self.left + w] & self.crop))
+
+
+def _bilinear(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) float64 weights of 1-D bilinear resizing, PyTorch's ``align_corners=False``
+    (ONNX ``half_pixel``; source coordinates clamped to the edges)."""
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    out = np.zeros((n_out, n_in))
+    np.add.at(out, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(out, (np.arange(n_out), hi), frac)
+    return out
+
+
+class _WindowUpscaler:
+    """The upscale graph (:func:`~unisam.runtime.session.build_upscale_graph`: bilinear x4, crop the
+    padding, bilinear to the original size) as one separable linear map per axis, ``rows @ L @
+    cols.T``, evaluated only on the original pixels whose support holds a positive logit (bilinear
+    weights are convex: a pixel whose low-res neighbours are all negative is negative)."""
+
+    def __init__(self, side: int, input_size: tuple[int, int], original_size: tuple[int, int]):
+        self.original_size = original_size
+        self.rows, self.cols = (
+            (_bilinear(n, size) @ _bilinear(side, 4 * side)[:n]).astype(np.float32)
+            for n, size in zip(input_size, original_size)
+        )  # (H, s) and (W, s)
+        # per low-res index: the first and last original pixel it weighs on; per original pixel: the
+        # first and last low-res index it reads
+        self.reach = [_span(m.T) for m in (self.rows, self.cols)]
+        self.reads = [_span(m) for m in (self.rows, self.cols)]
+
+    def __call__(self, logits: np.ndarray) -> MaskWindow:
+        positive = logits > 0
+        ys, xs = np.flatnonzero(positive.any(axis=1)), np.flatnonzero(positive.any(axis=0))
+        if not len(ys):
+            return MaskWindow(0, 0, np.zeros((0, 0), bool))
+        (y0, y1), (x0, x1) = ((reach[0][i[0]], reach[1][i[-1]]) for reach, i in zip(self.reach, (ys, xs)))
+        (a, b), (c, d) = ((reads[0][lo], reads[1][hi]) for reads, lo, hi in zip(self.reads, (y0, x0), (y1, x1)))
+        crop = self.rows[y0 : y1 + 1, a : b + 1] @ logits[a : b + 1, c : d + 1] @ self.cols[x0 : x1 + 1, c : d + 1].T
+        return MaskWindow(int(y0), int(x0), crop > 0)
+
+
+def _span(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``weights`` (n, m), the first and last column with a non-zero weight."""
+    nonzero = weights != 0
+    return nonzero.argmax(axis=1), weights.shape[1] - 1 - nonzero[:, ::-1].argmax(axis=1)
+
+
 class Predictor:
     """SAM-family model on ONNX Runtime: ``embed(image)`` once, ``predict(embedding, ...)`` per click.
 
@@ -69,6 +142,7 @@ class Predictor:
         self._encoder = create_session(encoder, threads, arena=False)
         self._decoder = create_session(decoder, threads)
         self._upscale = Upscaler(threads)
+        self._windows: dict[tuple, _WindowUpscaler] = {}
         self._encode_lock = threading.Lock()
         self.encoder_runs = 0  # how often the image encoder actually ran (cache misses)
         inputs = {i.name for i in self._decoder.get_inputs()}
@@ -218,6 +292,16 @@ class Predictor:
     def upscale(self, embedding: Embedding, low_res_logits: np.ndarray) -> np.ndarray:
         """(M, s, s) low-res logits -> (M, H, W) float32 logits at the original image size."""
         return self._upscale(low_res_logits, embedding.input_size, embedding.original_size)
+
+    def upscale_windows(self, embedding: Embedding, low_res_logits: np.ndarray) -> list[MaskWindow]:
+        """(M, s, s) low-res logits -> M masks at the original size, each computed only inside the
+        window that can hold its pixels (:class:`MaskWindow`): the cost is the object's size, not
+        the image's. The same masks as ``upscale(...) > 0`` up to float rounding of logits near 0."""
+        side = low_res_logits.shape[-1]
+        key = (embedding.input_size, embedding.original_size, side)
+        if key not in self._windows:
+            self._windows[key] = _WindowUpscaler(side, embedding.input_size, embedding.original_size)
+        return [self._windows[key](logits) for logits in low_res_logits]
 
     # ------------------------------------------------------------------ internals
     def _encode_points(

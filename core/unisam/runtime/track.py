@@ -27,16 +27,12 @@ from typing import Any
 import numpy as np
 
 from ..instances import Instances
-from ..masks import mask_iou
 from ..prompts import Prompt, mask_to_prompt
 from .cache import Embedding
 from .linking import pool_features
 from .predictor import Predictor
 
 KeyObjects = Instances | Mapping[int, Prompt]  # the objects of one keyframe, by id
-# candidates within this IoU of the best one on the low-res grid are compared at full resolution
-# (the low-res grid is coarse: on 2-pixel cells two candidates' IoUs can differ by 0.07 there)
-LOW_RES_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -269,49 +265,21 @@ def _predict(embedding: Embedding, tracks: list[_Track], predictor: Predictor, r
         for i in live
     ]
     decoded = predictor.decode_prompts(embedding, prompts, multimask=rules.multimask)
-    # candidates are compared with the expected mask on the low-res grid; only those near the best
-    # there are upscaled (in one call) and compared at full resolution
-    grid = _low_res_grid(embedding)
-    near = []  # (object row, candidate)
-    for row, (i, (logits, _)) in enumerate(zip(live, decoded)):
-        overlaps = _low_res_overlaps(expected[i], logits, grid) if len(logits) > 1 else np.ones(1)
-        near += [(row, k) for k in np.flatnonzero(overlaps >= overlaps.max() - LOW_RES_MARGIN)]
-    masks = predictor.upscale(embedding, np.stack([decoded[row][0][k] for row, k in near])) > 0
-    best: dict[int, tuple[float, int, int]] = {}  # object row -> (overlap, candidate, index in masks)
-    for j, (row, k) in enumerate(near):
-        overlap = mask_iou(expected[live[row]], masks[j])
-        if row not in best or overlap > best[row][0]:
-            best[row] = (overlap, k, j)
     found = []
-    for row, (overlap, k, j) in sorted(best.items()):
-        logits, scores = decoded[row]
+    for i, (logits, scores) in zip(live, decoded):
+        # each candidate at full resolution inside its window only; the one nearest the expected mask
+        windows = predictor.upscale_windows(embedding, logits)
+        area = np.count_nonzero(expected[i])
+        shared = [w.overlap(expected[i]) for w in windows]
+        overlaps = [n / max(area + w.area - n, 1) for n, w in zip(shared, windows)]
+        k = int(np.argmax(overlaps))
         score = float(scores[k])
-        if score >= rules.score_threshold and overlap >= rules.min_overlap:
-            found.append(_Found(tracks[live[row]], masks[j], score, logits[k]))
+        if score >= rules.score_threshold and overlaps[k] >= rules.min_overlap:
+            found.append(_Found(tracks[i], windows[k].paste(size), score, logits[k]))
     if rules.min_similarity is not None and found:
         looks = pool_features(embedding, np.stack([f.mask for f in found]))
         found = [f for f, look in zip(found, looks) if float(look @ f.track.appearance) >= rules.min_similarity]
     return found
-
-
-def _low_res_grid(embedding: Embedding) -> tuple[np.ndarray, np.ndarray]:
-    """The original-image (row, col) pixels at the centres of the low-res logits' cells that cover
-    the image (each cell is 4 x 4 model-input pixels), as index arrays for ``np.ix_``."""
-    (h, w), (ih, iw) = embedding.original_size, embedding.input_size
-    rows = np.minimum(((np.arange(-(-ih // 4)) * 4 + 2) * h / ih).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(-(-iw // 4)) * 4 + 2) * w / iw).astype(np.int64), w - 1)
-    return rows, cols
-
-
-def _low_res_overlaps(expected: np.ndarray, logits: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """(K,) IoU of the ``(H, W)`` expected mask with each of the ``(K, s, s)`` candidates, on the
-    low-res grid (the mask sampled at the cells' centres)."""
-    rows, cols = grid
-    target = expected[np.ix_(rows, cols)]
-    candidates = logits[:, : len(rows), : len(cols)] > 0
-    inter = np.count_nonzero(candidates & target, axis=(1, 2))
-    union = np.count_nonzero(candidates | target, axis=(1, 2))
-    return inter / np.maximum(union, 1)
 
 
 def _accept(found: list[_Found], active: dict[int, _Track], rules: StopRules) -> list[_Found]:
