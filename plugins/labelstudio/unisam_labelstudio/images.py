@@ -311,7 +311,9 @@ class TaskImages:
                     response.raise_for_status()
                     limit, announced = self.policy.max_download_bytes, response.headers.get("Content-Length", "")
                     mb = round(limit / 2**20, 3)
-                    too_large = ImageError(f"cannot fetch {where}: it is larger than UNISAM_MAX_DOWNLOAD_MB ({mb:g} MB)")
+                    too_large = ImageError(
+                        f"cannot fetch {where}: it is larger than UNISAM_MAX_DOWNLOAD_MB ({mb:g} MB)"
+                    )
                     if announced.isdigit() and int(announced) > limit:
                         raise too_large
                     path, written = os.path.join(directory, _file_name(url)), 0
