@@ -4,8 +4,10 @@ objects tracked through videos.
 Operators ``@unisam/unisam/segment_with_prompts`` and ``@unisam/unisam/segment_everything`` write a
 new ``Detections`` field on images, ``@unisam/unisam/track`` a new frame-level ``Detections`` field
 on videos (``index`` = track id); masks are cropped to their boxes, or PNGs under a chosen
-directory. Samples whose media cannot be read or that lack their prompts are skipped and listed in
-the field's ``info["unisam"]`` run summary. From Python: ``foo.get_operator(uri)(dataset_or_view, ...)``.
+directory. Samples whose media cannot be read or that lack their prompts are skipped (no label, no
+mask file) and listed with the reason in the field's ``info["unisam"]`` run summary; boxes
+overhanging the image are cut to it. An existing output field is replaced only with ``overwrite``.
+Delegated track runs report progress frame by frame. From Python: ``foo.get_operator(uri)(dataset_or_view, ...)``.
 """
 
 from __future__ import annotations
@@ -76,9 +78,11 @@ class _Segment(foo.Operator):
     def prompt_fields(self, ctx) -> list[str]:
         return []
 
-    def compute(self, ctx, sample, predictor: unisam.Predictor):
+    def compute(self, ctx, sample, predictor: unisam.Predictor, progress=None):
         """One sample's labels: ``fol.Detections`` (images: ``segment`` of its image) or, for videos,
-        ``{frame number: fol.Detections}``. Raises ``ValueError``/``OSError`` to skip the sample."""
+        ``{frame number: fol.Detections}``. Raises ``ValueError``/``OSError`` to skip the sample.
+        ``progress``: in delegated runs, a ``(done, total)`` callback for work within the sample
+        (frames of a video), else None."""
         return self.segment(ctx, unisam.load_image(sample.filepath), sample, predictor)
 
     # image operators define ``segment(ctx, image, sample, predictor) -> fol.Detections``
@@ -205,18 +209,19 @@ class _Segment(foo.Operator):
         for start in range(0, len(ids), self.write_every):
             results = {}
             for sample in samples.select(ids[start : start + self.write_every], ordered=True):
+                within = _progress_within(ctx, done, len(ids)) if ctx.delegated else None
                 try:
-                    labels = self.compute(ctx, sample, predictor)
+                    labels = self.compute(ctx, sample, predictor, within)
+                    by_frame = dict(labels) if self.media_type == "video" else {None: labels}
+                    if mask_dir:  # a sample whose masks cannot all be written gets none of its labels
+                        for frame, detections in by_frame.items():
+                            name = sample.id if frame is None else f"{sample.id}-{frame}"
+                            _export_masks(detections, os.path.abspath(os.path.join(mask_dir, field)), name)
                 except (ValueError, OSError) as error:
                     failed[sample.id] = str(error)
                     logger.warning("unisam: skipped sample %s (%s): %s", sample.id, sample.filepath, error)
                 else:
-                    by_frame = labels.items() if self.media_type == "video" else [(None, labels)]
-                    for frame, detections in by_frame:
-                        if mask_dir:
-                            name = sample.id if frame is None else f"{sample.id}-{frame}"
-                            _export_masks(detections, os.path.abspath(os.path.join(mask_dir, field)), name)
-                        instances += len(detections.detections)
+                    instances += sum(len(detections.detections) for detections in by_frame.values())
                     results[sample.id] = labels
                 done += 1
                 label = f"{done} / {len(ids)} samples"
@@ -486,7 +491,7 @@ class Track(_Segment):
             )
         return found
 
-    def compute(self, ctx, sample, predictor) -> dict[int, fol.Detections]:
+    def compute(self, ctx, sample, predictor, progress=None) -> dict[int, fol.Detections]:
         field = self.param(ctx, "prompt_field")
         with unisam.open_frames(sample.filepath) as frames:
             height, width = frames.size
@@ -497,7 +502,7 @@ class Track(_Segment):
                 start, indices = keyframes_from_labels(labels, width, height, len(frames))
                 if not start:
                     raise ValueError(f"the video has no {field!r} prompts on any frame")
-            tracks = unisam.track(frames, start, model=predictor, **self.options(ctx))
+            tracks = unisam.track(frames, start, model=predictor, progress=progress or False, **self.options(ctx))
         return {
             t: to_detections(found, indices=[i if indices is None else indices[i - 1] for i in found.ids.tolist()])
             for t, found in enumerate(tracks, 1)
@@ -633,18 +638,23 @@ class LabelMasks(_Segment):
             run.pop(id(ctx), None)
 
     def examples(self, ctx) -> list[tuple[str, unisam.Instances]]:
-        """(image path, labelled Instances) of the tagged samples' labelled masks."""
+        """(image path, labelled Instances) of the tagged samples' labelled masks; an example whose
+        image cannot be read is left out (logged; as a target sample it is reported with the others)."""
         field, pairs = self.param(ctx, "label_field"), []
         for sample in ctx.dataset.match_tags(self.param(ctx, "examples_tag")).select_fields(field):
             detections = [d for d in (sample[field].detections if sample[field] else []) if d.label and d.has_mask]
             if detections:
-                height, width = unisam.load_image(sample.filepath).shape[:2]
+                try:
+                    height, width = unisam.load_image(sample.filepath).shape[:2]
+                except (ValueError, OSError) as error:
+                    logger.warning("unisam: example sample %s left out: %s", sample.id, error)
+                    continue
                 pairs.append((sample.filepath, from_detections(detections, width, height)))
         if not pairs:
             raise ValueError(f"the samples tagged {self.param(ctx, 'examples_tag')!r} have no labelled masks in {field!r}")
         return pairs
 
-    def compute(self, ctx, sample, predictor):
+    def compute(self, ctx, sample, predictor, progress=None):
         field = self.param(ctx, "label_field")
         detections = sample[field]
         if detections is None or not detections.detections:
@@ -682,6 +692,20 @@ def _everything_inputs(inputs: types.Object, model: str) -> dict:
             option.name, default=getattr(defaults, option.name), label=label, description=option.help, **bounds
         )
     return props
+
+
+def _progress_within(ctx, done: int, total: int):
+    """A ``(steps done, steps total)`` callback (``unisam.track``'s frame steps: a frame visited by
+    a forward or a backward sweep) that sets a delegated run's progress within sample ``done + 1``
+    of ``total`` (FiftyOne shows it on the run's page)."""
+
+    def report(step: int, steps: int) -> None:
+        ctx.set_progress(
+            progress=(done + step / max(steps, 1)) / total,
+            label=f"sample {done + 1} / {total}: {step} / {steps} frame steps",
+        )
+
+    return report
 
 
 def _holds(field, kind) -> bool:

@@ -34,10 +34,12 @@ def prompts_from_labels(
     """Prompts in pixels for a ``width x height`` image, and the id of the label each one came from.
 
     Each detection of ``boxes`` is a box prompt (edges ``x1 = x * width``, ``x2 = (x + w) * width``)
-    named by the detection's label; each keypoint of ``keypoints`` is a point prompt (``x * width``,
+    named by the detection's label, cut to the image where it overhangs it (relative boxes often
+    reach a little past 0 or 1; unisam takes boxes inside the image); each keypoint of ``keypoints`` is a point prompt (``x * width``,
     ``y * height``; NaN points dropped) named by the keypoint's label. Given both, box ``i`` and
     keypoint ``i`` form one prompt, as in FiftyOne's SAM integration: the counts must match and the
-    box's label wins. Raises ``ValueError`` on mismatched counts or ``sam_labels``.
+    box's label wins. Raises ``ValueError`` on mismatched counts or ``sam_labels``, or a box with
+    no area inside the image.
     """
     scale = np.array([width, height], dtype=np.float64)
     box_list = [] if boxes is None else boxes.detections
@@ -53,8 +55,7 @@ def prompts_from_labels(
         kp = point_list[i] if point_list else None
         box = None
         if det is not None:
-            x, y, w, h = det.bounding_box
-            box = np.concatenate([[x, y] * scale, [x + w, y + h] * scale])
+            box = _box_inside(det, width, height)
         points = labels = None
         if kp is not None:
             points = np.asarray(kp.points, dtype=np.float64).reshape(-1, 2)
@@ -68,6 +69,23 @@ def prompts_from_labels(
         prompts.append(unisam.Prompt(points=points, point_labels=labels, box=box, label=source.label))
         ids.append(source.id)
     return prompts, ids
+
+
+def _box_inside(detection: fol.Detection, width: int, height: int) -> np.ndarray:
+    """A detection's relative ``[x, y, w, h]`` as pixel edges ``(x1, y1, x2, y2)`` cut to the
+    ``width x height`` image (unchanged where it has no area there: NaN or inverted boxes are the
+    core's to refuse). Raises ``ValueError`` for a box that lies wholly outside the image."""
+    x, y, w, h = detection.bounding_box
+    box = np.array([x * width, y * height, (x + w) * width, (y + h) * height], dtype=np.float64)
+    inside = np.clip(box, 0.0, [width, height, width, height])
+    if inside[2] > inside[0] and inside[3] > inside[1]:
+        return inside
+    if w > 0 and h > 0:  # a proper box, but none of it on the image
+        raise ValueError(
+            f"detection {detection.id} (label {detection.label!r}) has bounding box "
+            f"{[round(float(v), 4) for v in (x, y, w, h)]}, which lies outside the image (relative x, y, w, h)"
+        )
+    return box
 
 
 def to_detections(
