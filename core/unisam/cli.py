@@ -1,4 +1,4 @@
-"""The ``unisam`` command: segment, everything, export, weights list/pull, train, distill, evaluate, recipe."""
+"""The ``unisam`` command: segment, everything, prelabel, export, weights list/pull, train, distill, evaluate, recipe."""
 
 from __future__ import annotations
 
@@ -121,6 +121,29 @@ def cmd_everything(args) -> None:
     print(f"wrote {out}: {len(result)} instances (label image, 0 = background)")
 
 
+def cmd_prelabel(args) -> None:
+    from . import prelabel
+
+    source_path = Path(args.source)
+    if source_path.is_dir():
+        source = prelabel.FolderSource(source_path)
+    elif source_path.suffix.lower() == ".json" and source_path.is_file():
+        source = prelabel.CocoSource(source_path, args.root)
+    else:
+        raise ValueError(f"source {source_path} is neither an image folder nor a COCO .json file")
+    if args.download:  # fetched once here, so the workers find the weights in the cache
+        _model(args)
+    given = {name: getattr(args, name) for name in EverythingParams.names()}
+    steps: list = [prelabel.SegmentEverything(args.model, args.weights, {k: v for k, v in given.items() if v is not None}, args.tiles)]
+    if args.vocabulary:
+        steps.append(prelabel.Label(tuple(v.strip() for v in args.vocabulary.split(";")), args.label_model))
+    sink = {"coco": prelabel.CocoSink, "png": prelabel.PngSink}[args.format](args.out, args.shard_size)
+    job = prelabel.Job(source, steps, sink)
+    report = job.run(args.engine, workers=args.workers, address=args.address, num_cpus=args.num_cpus, overwrite=args.overwrite)
+    print(report.summary())
+    print(f"wrote {args.out} ({'annotations.json' if args.format == 'coco' else 'labels/'}; manifest.jsonl)")
+
+
 def cmd_export(args) -> None:
     card = get_card(args.model)
     out = Path(args.out)
@@ -207,6 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", action="store_true", help="large image: work in overlapping tiles")
     model_args(p)
     p.set_defaults(func=cmd_everything)
+
+    p = sub.add_parser("prelabel", help="segment every image of a folder or COCO JSON (local or on Ray); resumable")
+    p.add_argument("source", help="an image folder (recursive) or a COCO JSON (its images)")
+    p.add_argument("--out", required=True, help="output folder (created; a re-run resumes in it)")
+    p.add_argument("--root", default=None, help="folder the COCO file names are relative to (default: the JSON's)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model")
+    p.add_argument("--address", default=None, help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the job (default: the machine's / the cluster's)")
+    p.add_argument("--format", choices=["coco", "png"], default="coco", help="COCO RLE JSON or a label PNG per image")
+    p.add_argument("--shard-size", type=int, default=64, help="images per written shard (the unit of resuming)")
+    p.add_argument("--vocabulary", default=None, help="also name the masks: class names separated by ';' (needs a CLIP label model)")
+    p.add_argument("--label-model", default=None, help="CLIP label model, arch/pretrained or an export folder")
+    for option in EverythingParams.options():
+        p.add_argument("--" + option.name.replace("_", "-"), dest=option.name, type=option.kind, default=None,
+                       help=f"{option.help} (default: the model's)")
+    p.add_argument("--tiles", action="store_true", help="large images: work in overlapping tiles")
+    model_args(p)
+    p.set_defaults(func=cmd_prelabel)
 
     p = sub.add_parser("export", help="export a registered model's checkpoint to ONNX (needs torch)")
     p.add_argument("model")

@@ -1,0 +1,150 @@
+"""unisam prelabel (issue #19): sources, sinks, resuming after a real kill, the CLI, and the Ray engine
+giving the same files as the local one."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+import unisam
+from unisam import prelabel
+from unisam.cli import main
+from unisam.data.synthetic import generate_sample
+
+OPTIONS = {"points_per_side": 8}
+
+
+def _images(folder: Path, n: int, size: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        target = folder / ("nested" if i % 2 else "") / f"img{i:02d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(generate_sample(rng, (size, size)).image).save(target)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """Five small images (two in a subfolder) and a text file named .png."""
+    root = _images(tmp_path_factory.mktemp("images"), 5, 128)
+    (root / "broken.png").write_text("not an image")
+    return root
+
+
+def _job(source, out: Path, fmt: str = "coco", shard_size: int = 2) -> prelabel.Job:
+    sink = {"coco": prelabel.CocoSink, "png": prelabel.PngSink}[fmt](out, shard_size)
+    return prelabel.Job(source, [prelabel.SegmentEverything(options=OPTIONS)], sink)
+
+
+def test_folder_to_coco_matches_segment_everything(folder, tmp_path):
+    report = _job(prelabel.FolderSource(folder), tmp_path / "out").run(progress=False)
+    assert (report.images, report.processed, report.skipped) == (6, 5, 0)
+    assert len(report.failures) == 1 and report.failures[0][0] == "broken.png"
+    assert "broken.png" in report.failures[0][1] and "\n" not in report.failures[0][1]
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    names = [im["file_name"] for im in coco["images"]]
+    assert names == ["img00.png", "img02.png", "img04.png", "nested/img01.png", "nested/img03.png"]
+    assert [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
+    assert len(coco["annotations"]) == report.instances > 0
+    for image in coco["images"]:
+        expected = unisam.segment_everything(folder / image["file_name"], **OPTIONS)
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        rles = [a["segmentation"] for a in anns]
+        masks = unisam.Instances.from_rle(rles, image_size=(image["height"], image["width"])).masks
+        assert [a["area"] for a in anns] == [int(a) for a in mask_utils.area(rles)]
+        np.testing.assert_array_equal(masks, expected.masks)
+        np.testing.assert_allclose([a["score"] for a in anns], expected.scores, rtol=1e-6)
+
+
+def test_png_sink_and_coco_source(folder, tmp_path):
+    listing = {"images": [{"id": 7, "file_name": "nested/img01.png"}, {"id": 9, "file_name": "img04.png"}]}
+    (tmp_path / "list.json").write_text(json.dumps(listing))
+    report = _job(prelabel.CocoSource(tmp_path / "list.json", folder), tmp_path / "png", "png").run(progress=False)
+    assert (report.processed, report.failures) == (2, [])
+    for name in ("nested/img01.png", "img04.png"):
+        written = np.asarray(Image.open(tmp_path / "png" / "labels" / f"{name}.png"))
+        expected = unisam.segment_everything(folder / name, **OPTIONS).to_label_image()
+        np.testing.assert_array_equal(written, expected)
+    coco = _job(prelabel.CocoSource(tmp_path / "list.json", folder), tmp_path / "coco").run(progress=False)
+    ids = [im["id"] for im in json.loads((tmp_path / "coco" / "annotations.json").read_text())["images"]]
+    assert coco.processed == 2 and ids == [7, 9]
+
+
+def test_resume_after_kill_gives_the_same_annotations(tmp_path):
+    """A real run killed (SIGKILL) midway, then resumed: every image exactly once, as an unbroken run."""
+    root = _images(tmp_path / "images", 12, 256, seed=3)
+    command = [sys.executable, "-m", "unisam.cli", "prelabel", str(root), "--out", str(tmp_path / "killed"),
+               "--points-per-side", "16", "--shard-size", "1"]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = tmp_path / "killed" / "manifest.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and run.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    done = len(manifest.read_text().splitlines())
+    assert 3 <= done < 12 and not (tmp_path / "killed" / "annotations.json").exists()
+
+    def job(out: str) -> prelabel.Job:
+        sink = prelabel.CocoSink(tmp_path / out, 1)
+        return prelabel.Job(prelabel.FolderSource(root), [prelabel.SegmentEverything(options={"points_per_side": 16})], sink)
+
+    resumed = job("killed").run(progress=False)
+    assert resumed.skipped >= done and resumed.skipped + resumed.processed == 12
+    whole = job("whole").run(progress=False)
+    assert whole.processed == 12
+    killed = json.loads((tmp_path / "killed" / "annotations.json").read_text())
+    assert killed == json.loads((tmp_path / "whole" / "annotations.json").read_text())
+    assert len({im["file_name"] for im in killed["images"]}) == 12
+    again = job("killed").run(progress=False)
+    assert (again.skipped, again.processed) == (12, 0)
+
+
+def test_changed_options_refused_and_cli(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["prelabel", str(folder), "--out", str(out), "--points-per-side", "8", "--format", "png"]) == 0
+    assert "5 images" in capsys.readouterr().out
+    assert main(["prelabel", str(folder), "--out", str(out), "--points-per-side", "4", "--format", "png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "other options" in err and "\n" not in err
+    assert main(["prelabel", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "neither an image folder nor a COCO" in capsys.readouterr().err
+    assert main(["prelabel", str(folder), "--out", str(tmp_path / "a" / "b")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["prelabel", str(folder), "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
+    assert "workers must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["prelabel", str(folder), "--out", str(out), "--engine", "spark"])
+    assert stop.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray  # the ray extra; CI installs it
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_gives_the_local_output(folder, tmp_path, ray_cluster):
+    local = _job(prelabel.FolderSource(folder), tmp_path / "local").run(progress=False)
+    remote = _job(prelabel.FolderSource(folder), tmp_path / "ray").run("ray", workers=2, progress=False)
+    assert (remote.processed, remote.failures) == (local.processed, local.failures)
+    for name in ("annotations.json", "manifest.jsonl"):
+        a, b = (tmp_path / side / name for side in ("local", "ray"))
+        if name == "manifest.jsonl":  # the order results arrive in may differ; the set of done images may not
+            def images(p):
+                return {k: v for line in p.read_text().splitlines() for k, v in json.loads(line)["images"].items()}
+            assert images(a) == images(b)
+        else:
+            assert json.loads(a.read_text()) == json.loads(b.read_text())
