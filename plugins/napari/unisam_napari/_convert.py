@@ -110,8 +110,6 @@ def image_source(datas: Sequence[np.ndarray], rgb: Sequence[bool]) -> ImageSourc
             f"image layer of shape {data.shape} looks like a colour image (H, W, {data.shape[-1]}) shown as "
             f"{data.shape[0]} slices; open it with rgb=True, or split the channels (channel_axis=-1)"
         )
-    if min(data.shape[spatial - 2 : spatial]) < 2:
-        raise ValueError(f"image layer of shape {data.shape} is too small to segment")
     if not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
         raise ValueError(f"image layer has data type {data.dtype}; expected integer, float or bool pixels")
     return ImageSource(tuple(datas), is_rgb)

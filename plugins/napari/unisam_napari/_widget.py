@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import queue
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,18 +45,24 @@ LINKERS = [("overlap + appearance (Hungarian)", "hungarian"), ("cells: laptrack 
 POLARITY_COLOURS = {True: "lime", False: "red"}
 KEYS = {"segment": "Shift-S", "commit": "Shift-C", "toggle_polarity": "Shift-T", "clear_prompts": "Shift-X"}
 _DONE = ("added", "removed", "changed")  # data event actions after an edit (not the "-ing" previews)
+logger = logging.getLogger("unisam.napari")
 
 
 def _reported(action):
-    """Run a widget action; bad input becomes a napari error notification instead of an exception."""
+    """Run a widget action; no exception reaches Qt: bad input (``ValueError``), missing weights and
+    files that cannot be read or written (``OSError``) become a napari error notification with the
+    message; anything else too, named by its type, with the traceback in the log."""
 
     @functools.wraps(action)
     def run(self, *args, **kwargs):
         try:
             return action(self, *args, **kwargs)
-        except (ValueError, unisam.WeightsNotFoundError) as error:
+        except (ValueError, OSError, unisam.WeightsNotFoundError) as error:
             show_error(f"unisam: {error}")
-            return None
+        except Exception as error:  # a bug, not the user's input: say so, keep the viewer running
+            logger.exception("unisam: %s failed", action.__name__)
+            show_error(f"unisam: {action.__name__} failed ({type(error).__name__}: {error}); details in the log")
+        return None
 
     return run
 
