@@ -213,6 +213,25 @@ def test_image_operators_never_replace_an_existing_field_unless_asked(corpus, ur
     assert sum(v is not None for v in ds.values("out")) == 2
 
 
+def test_label_masks_keeps_the_labels_a_field_has_unless_asked(corpus):
+    ds, _, good = corpus
+    by_name = {path.name: sample_id for sample_id, path in good.items()}
+    example, kept, unnamed = by_name["gray16.png"], by_name["good.png"], by_name["exif.jpg"]
+    mask = np.zeros((12, 16), bool)
+    mask[2:10, 3:12] = True
+    for sample_id, name in ((example, "b"), (kept, "a"), (unnamed, None)):
+        sample = ds[sample_id]
+        sample["masks"] = fo.Detections(detections=[fo.Detection(label=name, bounding_box=BOX, mask=mask)])
+        sample.tags = ["examples"] if sample_id == example else []
+        sample.save()
+    targets = ds.select([kept, unnamed], ordered=True)
+    op = foo.get_operator(LABEL)
+    op(targets, label_field="masks", examples_tag="examples")  # one class among the examples: "b"
+    assert targets.values("masks.detections.label") == [["a"], ["b"]]  # "a" was there: kept
+    op(targets, label_field="masks", examples_tag="examples", overwrite=True)
+    assert targets.values("masks.detections.label") == [["b"], ["b"]]
+
+
 def test_delegated_track_reports_progress_frame_by_frame(tmp_path):
     scene = tracking_scene()
     path = write_video(tmp_path / "nuclei.mp4", scene.frames)
