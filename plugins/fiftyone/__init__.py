@@ -214,9 +214,7 @@ class _Segment(foo.Operator):
                     labels = self.compute(ctx, sample, predictor, within)
                     by_frame = dict(labels) if self.media_type == "video" else {None: labels}
                     if mask_dir:  # a sample whose masks cannot all be written gets none of its labels
-                        for frame, detections in by_frame.items():
-                            name = sample.id if frame is None else f"{sample.id}-{frame}"
-                            _export_masks(detections, os.path.abspath(os.path.join(mask_dir, field)), name)
+                        _export_masks(by_frame, os.path.abspath(os.path.join(mask_dir, field)), sample.id)
                 except (ValueError, OSError) as error:
                     failed[sample.id] = str(error)
                     logger.warning("unisam: skipped sample %s (%s): %s", sample.id, sample.filepath, error)
@@ -712,11 +710,31 @@ def _holds(field, kind) -> bool:
     return isinstance(field, fof.EmbeddedDocumentField) and issubclass(field.document_type, kind)
 
 
-def _export_masks(detections: fol.Detections, directory: str, sample_id: str) -> None:
-    """Move each mask to ``directory/<sample id>-<i>.png`` (``mask_path``)."""
+def _export_masks(by_frame: dict[int | None, fol.Detections], directory: str, sample_id: str) -> None:
+    """Move each mask of one sample to ``directory/<sample id>[-<frame>]-<i>.png`` (``mask_path``;
+    frame None: an image), all or nothing: the files are staged beside their names, checked, then
+    renamed; on an ``OSError`` none of them is left and the detections keep their masks."""
     os.makedirs(directory, exist_ok=True)
-    for i, detection in enumerate(detections.detections):
-        detection.export_mask(os.path.join(directory, f"{sample_id}-{i}.png"), update=True)
+    staged, placed = [], []  # (detection, staged file, final path); final paths renamed into place
+    try:
+        for frame, detections in by_frame.items():
+            stem = sample_id if frame is None else f"{sample_id}-{frame}"
+            for i, detection in enumerate(detections.detections):
+                part = os.path.join(directory, f".{stem}-{i}.partial.png")
+                detection.export_mask(part)
+                if not os.path.isfile(part):  # FiftyOne's writer (OpenCV) returns quietly when it fails
+                    raise OSError(f"could not write the mask file {part}")
+                staged.append((detection, part, os.path.join(directory, f"{stem}-{i}.png")))
+        for _, part, final in staged:
+            os.replace(part, final)
+            placed.append(final)
+    except OSError:
+        for path in [part for _, part, _ in staged] + placed:
+            if os.path.isfile(path):
+                os.remove(path)
+        raise
+    for detection, _, final in staged:
+        detection.mask, detection.mask_path = None, final
 
 
 def _record(dataset, path: str, summary: dict, key: str = "unisam") -> None:

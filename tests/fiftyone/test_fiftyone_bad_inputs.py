@@ -158,6 +158,20 @@ def test_segment_everything_and_label_masks_skip_bad_files_too(corpus):
         assert labels[sample_id][0] in ((None,) if path.name == "one-pixel.png" else ("a", "b")), (path, labels)
 
 
+def test_a_sample_whose_mask_files_cannot_all_be_written_gets_no_label_and_no_files(corpus, tmp_path):
+    ds, _, good = corpus
+    view = ds.select(list(good)[-2:])  # good.png, exif.jpg
+    two = fo.Detections(detections=[fo.Detection(label="a", bounding_box=BOX), fo.Detection(label="b", bounding_box=BOX)])
+    view.set_values("gt", [two.copy(), two.copy()])
+    blocked, free = view.values("id")
+    folder = tmp_path / "png" / "masks"
+    (folder / f"{blocked}-1.png").mkdir(parents=True)  # the second mask file of the first sample cannot be written
+    summary = foo.get_operator(PROMPTS)(view, box_field="gt", label_field="masks", output_dir=str(tmp_path / "png"))
+    assert list(summary["failed"]) == [blocked] and "Is a directory" in summary["failed"][blocked]
+    assert ds[blocked].masks is None and ds[free].masks is not None
+    assert sorted(p.name for p in folder.glob("*.png") if p.is_file()) == [f"{free}-0.png", f"{free}-1.png"]
+
+
 def test_overhanging_boxes_are_cut_to_the_image_and_a_box_outside_it_is_reported(corpus):
     ds, _, good = corpus
     path = good[list(good)[-2]]  # good.png, 64 x 48
