@@ -406,7 +406,7 @@ def _ray_results(job: Job, todo: list[Item], workers: int, address: str | None, 
             ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // workers)) if num_cpus is None else max(1, num_cpus // workers)
-        data = ray.data.from_items([asdict(it) for it in todo], override_num_blocks=len(todo))
+        data = ray.data.from_items([asdict(it) for it in todo], override_num_blocks=min(len(todo), 4 * workers))
         out = data.map_batches(
             _RayWorker, batch_size=1, batch_format="numpy", num_cpus=cpus,
             compute=ray.data.ActorPoolStrategy(size=workers),
