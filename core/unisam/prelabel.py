@@ -83,6 +83,25 @@ class CocoSource:
         return [Item(name, str(self.root / name), image_id) for image_id, name in self.images]
 
 
+class Source(Protocol):
+    """Where images come from (a folder, a COCO JSON, or a host's dataset): ``items()``."""
+
+    def items(self) -> list[Item]: ...
+
+
+class Sink(Protocol):
+    """Where results go. Workers call ``encode`` (picklable, no I/O); the driver calls ``open`` (the
+    done images {key: sha256}), ``write`` per batch of ``shard_size`` results and ``close``."""
+
+    format: str
+    shard_size: int
+
+    def encode(self, item: Item, instances: Instances, categories: list[str]) -> bytes: ...
+    def open(self, spec: dict, overwrite: bool) -> dict[str, str]: ...
+    def write(self, batch: list[dict]) -> None: ...
+    def close(self, items: list[Item], categories: list[str]) -> None: ...
+
+
 # -- steps ----------------------------------------------------------------------------------------------
 
 class Step(Protocol):
@@ -140,6 +159,25 @@ class Label:
 
 
 # -- sinks ----------------------------------------------------------------------------------------------
+
+def encode_coco(instances: Instances, categories: list[str]) -> bytes:
+    """One image's instances as JSON: height, width and COCO annotations (RLE ``segmentation``, ``bbox``
+    x, y, w, h in pixels, ``area``, ``score`` the predicted IoU, ``category_id`` 1..K from ``categories``,
+    K + 1 for an unnamed mask when labeled, ``label_score`` when labeled)."""
+    ids = {name: i for i, name in enumerate(categories, start=1)}
+    labels = instances.labels or [None] * len(instances)
+    anns = []
+    for i, rle in enumerate(instances.to_rle()):
+        x1, y1, x2, y2 = (float(v) for v in instances.boxes[i])
+        ann = {"segmentation": rle, "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(instances.masks[i].sum()),
+               "score": float(instances.scores[i]), "category_id": ids.get(labels[i] or "object", len(categories) + 1),
+               "iscrowd": 0}
+        if instances.label_scores is not None:
+            ann["label_score"] = float(instances.label_scores[i])
+        anns.append(ann)
+    height, width = instances.image_size
+    return json.dumps({"height": height, "width": width, "annotations": anns}).encode()
+
 
 class _ManifestSink:
     """Output folder + manifest of done images; subclasses say how a result is encoded and stored."""
@@ -215,19 +253,7 @@ class CocoSink(_ManifestSink):
     format = "coco"
 
     def encode(self, item: Item, instances: Instances, categories: list[str]) -> bytes:
-        ids = {name: i for i, name in enumerate(categories, start=1)}
-        labels = instances.labels or [None] * len(instances)
-        anns = []
-        for i, rle in enumerate(instances.to_rle()):
-            x1, y1, x2, y2 = (float(v) for v in instances.boxes[i])
-            ann = {"segmentation": rle, "bbox": [x1, y1, x2 - x1, y2 - y1], "area": int(instances.masks[i].sum()),
-                   "score": float(instances.scores[i]), "category_id": ids.get(labels[i] or "object", len(categories) + 1),
-                   "iscrowd": 0}
-            if instances.label_scores is not None:
-                ann["label_score"] = float(instances.label_scores[i])
-            anns.append(ann)
-        height, width = instances.image_size
-        return json.dumps({"height": height, "width": width, "annotations": anns}).encode()
+        return encode_coco(instances, categories)
 
     def _store(self, batch: list[dict], number: int) -> str:
         name = f"part-{number:05d}.jsonl"
@@ -306,7 +332,7 @@ class Worker:
     """Loads the job's steps once (``threads`` ONNX Runtime intra-op threads) and turns items into
     result dicts: key, image_id, sha256, count, payload (the sink's bytes), error (one line or "")."""
 
-    def __init__(self, steps: Sequence[Step], sink: _ManifestSink, categories: list[str], threads: int | None) -> None:
+    def __init__(self, steps: Sequence[Step], sink: Sink, categories: list[str], threads: int | None) -> None:
         self.functions = [step.load(threads) for step in steps]
         self.sink, self.categories = sink, categories
 
@@ -340,9 +366,9 @@ class _RayWorker:
 class Job:
     """``source`` -> ``steps`` (in order) -> ``sink``."""
 
-    source: FolderSource | CocoSource
+    source: Source
     steps: list[Step]
-    sink: _ManifestSink
+    sink: Sink
 
     def categories(self) -> list[str]:
         named = [s for s in self.steps if isinstance(s, Label)]

@@ -1,0 +1,105 @@
+"""unisam's prelabel job (:mod:`unisam.prelabel`) on a FiftyOne dataset: the samples' images in, a
+``Detections`` field (instance masks) out, on either engine::
+
+    from unisam import prelabel
+    from unisam_fiftyone.prelabel import prelabel_dataset
+
+    report = prelabel_dataset(dataset, "prelabels", points_per_side=16, engine="ray", workers=2)
+
+Resumable: each written field holds the sha256 of the image it was made from (``unisam_sha256``); a
+re-run skips samples whose field is there for an unchanged image. An existing field that unisam did
+not write is never overwritten unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.labels as fol
+
+import unisam
+from unisam import prelabel
+
+from .zoo import to_detections
+
+MARK = "unisam_sha256"
+
+
+class DatasetSource:
+    """The samples of a dataset or view, in their order: key = sample id, path = filepath."""
+
+    def __init__(self, samples: fo.core.collections.SampleCollection) -> None:
+        self.samples = samples
+
+    def items(self) -> list[prelabel.Item]:
+        ids, paths = self.samples.values("id"), self.samples.values("filepath")
+        return [prelabel.Item(key, path, i) for i, (key, path) in enumerate(zip(ids, paths), start=1)]
+
+
+class DetectionsSink:
+    """Writes each image's instances into ``field`` of its sample (``fo.Detections``, masks cropped to
+    their boxes, confidence = predicted IoU, label = the class name when labeled)."""
+
+    format = "fiftyone"
+
+    def __init__(self, samples: fo.core.collections.SampleCollection, field: str, shard_size: int = 16) -> None:
+        self.samples, self.field, self.shard_size = samples, field, shard_size
+
+    def __getstate__(self) -> dict[str, Any]:  # workers only encode: they get no dataset handle
+        return {"shard_size": self.shard_size, "field": self.field}
+
+    def encode(self, item: prelabel.Item, instances: unisam.Instances, categories: list[str]) -> bytes:
+        return prelabel.encode_coco(instances, categories)
+
+    def open(self, spec: dict, overwrite: bool) -> dict[str, str]:
+        if self.samples.has_field(self.field):
+            found = self.samples.exists(self.field)
+            marks = found.values(f"{self.field}.{MARK}")
+            if overwrite:
+                return {}
+            if any(mark is None for mark in marks):
+                raise ValueError(f"field {self.field!r} already holds labels unisam did not write; "
+                                 "pass overwrite=True or choose another field")
+            return dict(zip(found.values("id"), marks))
+        return {}
+
+    def write(self, batch: list[dict]) -> None:
+        by_id = {r["key"]: r for r in batch}
+        for sample in self.samples.select(list(by_id)).iter_samples(autosave=True):
+            result = by_id[sample.id]
+            record = json.loads(result["payload"])
+            anns = record["annotations"]
+            instances = unisam.Instances.from_rle(
+                [a["segmentation"] for a in anns], [a["score"] for a in anns],
+                image_size=(record["height"], record["width"]),
+            )
+            detections: fol.Detections = to_detections(instances)
+            detections[MARK] = result["sha256"]
+            sample[self.field] = detections
+
+    def close(self, items: list[prelabel.Item], categories: list[str]) -> None:
+        """Nothing to merge: every batch is in the dataset once written."""
+
+
+def prelabel_dataset(
+    samples: fo.core.collections.SampleCollection,
+    field: str,
+    *,
+    engine: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    model: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **everything: Any,
+) -> prelabel.Report:
+    """Segment everything in each sample of ``samples`` into ``field`` (options as
+    :func:`unisam.segment_everything`), resuming where an earlier run stopped; returns the report."""
+    job = prelabel.Job(
+        DatasetSource(samples),
+        [prelabel.SegmentEverything(model, options=everything)],
+        DetectionsSink(samples, field),
+    )
+    return job.run(engine, workers=workers, address=address, overwrite=overwrite, progress=progress)

@@ -1,0 +1,65 @@
+"""The prelabel job on a real FiftyOne dataset (issue #19): Detections written per sample, a re-run
+resumes, an existing field is never overwritten unless asked.
+
+Oracle: ``unisam.segment_everything`` on the same image files."""
+
+import numpy as np
+import pytest
+
+import unisam
+from unisam_fiftyone.prelabel import MARK, prelabel_dataset
+
+OPTIONS = {"points_per_side": 8}
+
+
+def test_prelabel_writes_detections_and_resumes(dataset):
+    report = prelabel_dataset(dataset, "pre", progress=False, **OPTIONS)
+    assert (report.processed, report.skipped, report.failures) == (3, 0, [])
+    total = 0
+    for sample in dataset:
+        expected = unisam.segment_everything(sample.filepath, **OPTIONS)
+        dets = sample["pre"].detections
+        assert len(dets) == len(expected) > 0
+        np.testing.assert_allclose([d.confidence for d in dets], expected.scores, rtol=1e-6)
+        for det, mask in zip(dets, expected.masks):
+            full = det.to_segmentation(frame_size=mask.shape[::-1], target=1).mask.astype(bool)
+            np.testing.assert_array_equal(full, mask)
+        assert len(sample["pre"][MARK]) == 64
+        total += len(dets)
+    assert report.instances == total
+
+    again = prelabel_dataset(dataset, "pre", progress=False, **OPTIONS)
+    assert (again.processed, again.skipped) == (0, 3)
+    first = dataset.first()
+    first["pre"] = None  # as if a run had stopped before this sample
+    first.save()
+    resumed = prelabel_dataset(dataset, "pre", progress=False, **OPTIONS)
+    assert (resumed.processed, resumed.skipped) == (1, 2)
+    assert len(dataset.first()["pre"].detections) == len(unisam.segment_everything(first.filepath, **OPTIONS))
+
+
+def test_an_existing_field_is_not_overwritten_unless_asked(dataset):
+    before = [len(s["gt"].detections) for s in dataset]
+    with pytest.raises(ValueError, match="unisam did not write; pass overwrite=True"):
+        prelabel_dataset(dataset, "gt", progress=False, **OPTIONS)
+    assert [len(s["gt"].detections) for s in dataset] == before
+    assert all(d.label.startswith("obj") for s in dataset for d in s["gt"].detections)
+    report = prelabel_dataset(dataset, "gt", overwrite=True, progress=False, **OPTIONS)
+    assert report.processed == 3
+    assert all(d.label is None and d.mask is not None for s in dataset for d in s["gt"].detections)
+
+
+def test_the_ray_engine_writes_what_the_local_one_does(dataset):
+    import ray  # the ray extra; CI installs it
+
+    prelabel_dataset(dataset, "local", progress=False, **OPTIONS)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report = prelabel_dataset(dataset, "remote", engine="ray", workers=2, progress=False, **OPTIONS)
+    finally:
+        ray.shutdown()
+    assert (report.processed, report.failures) == (3, [])
+    for sample in dataset:
+        local, remote = sample["local"].detections, sample["remote"].detections
+        assert [d.bounding_box for d in local] == [d.bounding_box for d in remote]
+        assert all(np.array_equal(a.mask, b.mask) for a, b in zip(local, remote))
