@@ -148,3 +148,17 @@ def test_ray_engine_gives_the_local_output(folder, tmp_path, ray_cluster):
             assert images(a) == images(b)
         else:
             assert json.loads(a.read_text()) == json.loads(b.read_text())
+
+
+def test_label_step_names_the_masks_as_segment_and_label(folder, tmp_path, clip_export):
+    vocabulary = ("bright disk", "dark background")
+    steps = [prelabel.SegmentEverything(options=OPTIONS), prelabel.Label(vocabulary, str(clip_export))]
+    report = prelabel.Job(prelabel.FolderSource(folder), steps, prelabel.CocoSink(tmp_path / "out")).run(progress=False)
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]][:2] == list(vocabulary) and report.processed == 5
+    for image in coco["images"]:
+        expected = unisam.segment_and_label(folder / image["file_name"], list(vocabulary), label_model=str(clip_export), **OPTIONS)
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        names = [coco["categories"][a["category_id"] - 1]["name"] for a in anns]
+        assert names == expected.labels
+        np.testing.assert_allclose([a["label_score"] for a in anns], expected.label_scores, rtol=1e-5)
