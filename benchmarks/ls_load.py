@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -38,6 +39,10 @@ import numpy as np
 import psutil
 from PIL import Image
 from tqdm import tqdm
+
+# The region payloads Label Studio sends, as the Label Studio tests record them (one definition for both).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "labelstudio"))
+import ls_helpers  # noqa: E402
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # a legacy Label Studio token (40 hex chars)
 CONFIG = """<View>
@@ -75,42 +80,13 @@ def make_scenes(count: int, seed: int = 0) -> list[Scene]:
 
 
 def keypoint(x: float, y: float) -> dict:
-    """A smart keypoint region (pixels -> Label Studio's percent coordinates)."""
-    return {
-        "original_width": WIDTH,
-        "original_height": HEIGHT,
-        "image_rotation": 0,
-        "value": {"x": x * 100 / WIDTH, "y": y * 100 / HEIGHT, "width": 0.5, "keypointlabels": ["Nucleus"]},
-        "is_positive": True,
-        "id": "kp",
-        "from_name": "points",
-        "to_name": "image",
-        "type": "keypointlabels",
-        "origin": "manual",
-    }
+    """A smart keypoint region at pixel (x, y), in Label Studio's percent coordinates."""
+    return ls_helpers.keypoint(x, y, (WIDTH, HEIGHT))
 
 
 def rectangle(x1: float, y1: float, x2: float, y2: float) -> dict:
-    """A smart rectangle region (pixel edges -> percent x, y, width, height)."""
-    value = {
-        "x": x1 * 100 / WIDTH,
-        "y": y1 * 100 / HEIGHT,
-        "width": (x2 - x1) * 100 / WIDTH,
-        "height": (y2 - y1) * 100 / HEIGHT,
-        "rotation": 0,
-        "rectanglelabels": ["Nucleus"],
-    }
-    return {
-        "original_width": WIDTH,
-        "original_height": HEIGHT,
-        "image_rotation": 0,
-        "value": value,
-        "id": "rect",
-        "from_name": "box",
-        "to_name": "image",
-        "type": "rectanglelabels",
-        "origin": "manual",
-    }
+    """A smart rectangle region from pixel edges."""
+    return ls_helpers.rectangle((x1, y1, x2, y2), (WIDTH, HEIGHT))
 
 
 def predict_body(task_id: int, image_url: str, region: dict) -> dict:
