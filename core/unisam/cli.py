@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created; a re-run resumes in it)")
     p.add_argument("--root", default=None, help="folder the COCO file names are relative to (default: the JSON's)")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
-    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model")
+    p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model (ray engine only)")
     p.add_argument("--address", default=None, help="join this Ray cluster (default: start a local one)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the job (default: the machine's / the cluster's)")
     p.add_argument("--format", choices=["coco", "png"], default="coco", help="COCO RLE JSON or a label PNG per image")

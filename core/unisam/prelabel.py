@@ -387,6 +387,8 @@ class Job:
             raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if engine == "local" and (workers > 1 or address is not None):
+            raise ValueError("workers and address are options of the ray engine; the local engine runs in this process")
         for step in self.steps:
             step.check()
         items = self.source.items()

@@ -122,6 +122,9 @@ def test_changed_options_refused_and_cli(folder, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["prelabel", str(folder), "--out", str(tmp_path / "w"), "--workers", "0"]) == 2
     assert "workers must be >= 1" in capsys.readouterr().err
+    assert main(["prelabel", str(folder), "--out", str(tmp_path / "w"), "--workers", "2"]) == 2  # local engine
+    assert "options of the ray engine" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
     with pytest.raises(SystemExit) as stop:
         main(["prelabel", str(folder), "--out", str(out), "--engine", "spark"])
     assert stop.value.code == 2
