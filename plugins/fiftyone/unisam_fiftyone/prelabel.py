@@ -1,10 +1,10 @@
 """unisam's prelabel job (:mod:`unisam.prelabel`) on a FiftyOne dataset: the samples' images in, a
-``Detections`` field (instance masks) out, on either engine::
+``Detections`` field (instance masks) out, on the local engine::
 
     from unisam import prelabel
     from unisam_fiftyone.prelabel import prelabel_dataset
 
-    report = prelabel_dataset(dataset, "prelabels", points_per_side=16, engine="ray", workers=2)
+    report = prelabel_dataset(dataset, "prelabels", points_per_side=16)
 
 Resumable: each written field holds the sha256 of the image it was made from (``unisam_sha256``); a
 re-run skips samples whose field is there for an unchanged image. An existing field that unisam did
@@ -96,7 +96,14 @@ def prelabel_dataset(
     **everything: Any,
 ) -> prelabel.Report:
     """Segment everything in each sample of ``samples`` into ``field`` (options as
-    :func:`unisam.segment_everything`), resuming where an earlier run stopped; returns the report."""
+    :func:`unisam.segment_everything`), resuming where an earlier run stopped; returns the report.
+    Only the local engine for now: the Ray engine on a FiftyOne dataset failed in the full test suite
+    (Ray Data raised while logging, after FiftyOne had set up logging), so it is refused until fixed."""
+    if engine != "local":
+        raise ValueError(
+            f"engine {engine!r} is not supported for FiftyOne datasets yet; use engine='local', or run "
+            "`unisam prelabel` with --engine ray on the image folder"
+        )
     job = prelabel.Job(
         DatasetSource(samples),
         [prelabel.SegmentEverything(model, options=everything)],
