@@ -6,6 +6,8 @@
 
     report = prelabel_dataset(dataset, "prelabels", points_per_side=16)
 
+Several processes share one job by each taking one shard (:func:`shard_of`) of the same samples.
+
 Resumable: each written field holds the sha256 of the image it was made from (``unisam_sha256``); a
 re-run skips samples whose field is there for an unchanged image. An existing field that unisam did
 not write is never overwritten unless ``overwrite=True``.
@@ -14,6 +16,7 @@ not write is never overwritten unless ``overwrite=True``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import fiftyone as fo
@@ -44,8 +47,10 @@ class DetectionsSink:
 
     format = "fiftyone"
 
-    def __init__(self, samples: fo.core.collections.SampleCollection, field: str, shard_size: int = 16) -> None:
-        self.samples, self.field, self.shard_size = samples, field, shard_size
+    def __init__(self, samples: fo.core.collections.SampleCollection, field: str, shard_size: int = 16,
+                 on_write: Callable[[int], None] | None = None) -> None:
+        """``on_write``: called with the number of samples written after each batch is saved."""
+        self.samples, self.field, self.shard_size, self.on_write = samples, field, shard_size, on_write
 
     def __getstate__(self) -> dict[str, Any]:  # workers only encode: they get no dataset handle
         return {"shard_size": self.shard_size, "field": self.field}
@@ -78,6 +83,8 @@ class DetectionsSink:
             detections: fol.Detections = to_detections(instances)
             detections[MARK] = result["sha256"]
             sample[self.field] = detections
+        if self.on_write is not None:
+            self.on_write(len(batch))
 
     def close(self, items: list[prelabel.Item], categories: list[str]) -> None:
         """Nothing to merge: every batch is in the dataset once written."""
@@ -93,10 +100,12 @@ def prelabel_dataset(
     model: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    on_write: Callable[[int], None] | None = None,
     **everything: Any,
 ) -> prelabel.Report:
     """Segment everything in each sample of ``samples`` into ``field`` (options as
     :func:`unisam.segment_everything`), resuming where an earlier run stopped; returns the report.
+    ``on_write``: called with the number of samples written after each database write.
     Only the local engine for now: the Ray engine on a FiftyOne dataset failed in the full test suite
     (Ray Data raised while logging, after FiftyOne had set up logging), so it is refused until fixed."""
     if engine != "local":
@@ -107,6 +116,19 @@ def prelabel_dataset(
     job = prelabel.Job(
         DatasetSource(samples),
         [prelabel.SegmentEverything(model, options=everything)],
-        DetectionsSink(samples, field),
+        DetectionsSink(samples, field, on_write=on_write),
     )
     return job.run(engine, workers=workers, address=address, overwrite=overwrite, progress=progress)
+
+
+def shard_of(samples: fo.core.collections.SampleCollection, shard: int, shards: int) -> fo.core.view.DatasetView:
+    """The samples of ``samples`` in shard ``shard`` of ``shards``: those whose id, read as a
+    hexadecimal number, is ``shard`` modulo ``shards`` (computed by the database). A sample's shard
+    depends on its id alone, so samples added or removed between runs never move between shards."""
+    if not (isinstance(shards, int) and shards >= 1 and isinstance(shard, int) and 0 <= shard < shards):
+        raise ValueError(f"shard must be in 0..shards-1 with shards >= 1, got shard={shard!r}, shards={shards!r}")
+    digits = {"$map": {"input": {"$range": [0, 24]}, "as": "i", "in": {
+        "$indexOfCP": ["0123456789abcdef", {"$substrCP": [{"$toString": "$_id"}, "$$i", 1]}]}}}
+    remainder = {"$reduce": {"input": digits, "initialValue": 0, "in": {
+        "$mod": [{"$add": [{"$multiply": ["$$value", 16]}, "$$this"]}, shards]}}}  # Horner's rule, mod shards
+    return samples.mongo([{"$match": {"$expr": {"$eq": [remainder, shard]}}}])
