@@ -22,10 +22,12 @@ import fiftyone.core.labels as fol
 import fiftyone.core.view as fov
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionOptions
 
 import unisam
 
+from .unisam_fiftyone.prelabel import DetectionsSink, prelabel_dataset, shard_of
 from .unisam_fiftyone.zoo import from_detections, keyframes_from_labels, segment_sample, set_label, to_detections
 
 logger = logging.getLogger("unisam.fiftyone")
@@ -53,6 +55,7 @@ class _Segment(foo.Operator):
     write_every = WRITE_EVERY  # samples computed between two database writes
     info_key = "unisam"  # the run summary's key in the output field's info
     verb = "segmented"  # what the final message says was done to the samples
+    mask_files = True  # the form offers a mask directory (PNG files instead of masks in the database)
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -177,11 +180,12 @@ class _Segment(foo.Operator):
             description="replace the output field's values on the target samples if the field exists",
             view=types.CheckboxView(),
         )
-        props["output_dir"] = inputs.str(
-            "output_dir",
-            label="Mask directory (optional)",
-            description="write masks as PNG files here (Detection.mask_path) instead of into the database",
-        )
+        if self.mask_files:
+            props["output_dir"] = inputs.str(
+                "output_dir",
+                label="Mask directory (optional)",
+                description="write masks as PNG files here (Detection.mask_path) instead of into the database",
+            )
         for name, message in self.problems(ctx, ctx.target_view()).items():
             props[name].invalid = True
             props[name].error_message = message
@@ -673,6 +677,145 @@ class LabelMasks(_Segment):
         return detections
 
 
+class Prelabel(_Segment):
+    """Segment everything into a Detections field with the resumable prelabel job
+    (:func:`prelabel_dataset`): a re-run skips samples whose labels unisam made from the same image.
+    With ``shards`` = K > 1, running it creates the output field and queues K delegated operations
+    of itself, shard i taking the samples whose id is i mod K (:func:`shard_of`), so K
+    ``fiftyone delegated launch`` workers share the job; each shard's result is its report."""
+
+    about = dict(
+        name="prelabel",
+        label="unisam: prelabel",
+        description="Segment everything as a resumable job, optionally split into shards for several delegated workers",
+    )
+    default_field = "unisam_prelabels"
+    mask_files = False
+    verb = "prelabelled"
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(**self.about, dynamic=True, allow_immediate_execution=True,
+                                  allow_delegated_execution=True)
+
+    def __call__(
+        self,
+        samples,
+        label_field: str | None = None,
+        model: str | None = None,
+        overwrite: bool = False,
+        shards: int = 1,
+        delegate: bool = False,
+        **everything,
+    ):
+        """Run on a Dataset or DatasetView. ``shards`` = 1: returns the report dict (immediate) or
+        the queued operation's ``ExecutionResult`` (``delegate=True``); ``shards`` > 1: always
+        queues the shards and returns ``{"queued": [their operation ids]}``."""
+        unisam.EverythingParams().replace(**everything)  # unknown names or bad values raise here
+        ctx = {"view": samples} if isinstance(samples, fov.DatasetView) else {"dataset": samples}
+        params = dict(label_field=label_field, model=model, overwrite=overwrite, shards=shards, **everything)
+        params = {name: value for name, value in params.items() if value is not None}
+        result = foo.execute_operator(self.uri, ctx, params=params, request_delegation=delegate and shards == 1)
+        return result if result.delegated else result.result
+
+    def own_defaults(self) -> dict:
+        return {**dict.fromkeys(unisam.EverythingParams.names()), "shards": 1, "shard": None}
+
+    def splits(self, ctx) -> bool:
+        """Whether this run queues the shards (rather than doing the work)."""
+        shards = self.param(ctx, "shards")
+        return type(shards) is int and shards > 1 and self.param(ctx, "shard") is None
+
+    def own_inputs(self, ctx, inputs):
+        props = _everything_inputs(inputs, self.param(ctx, "model"))
+        props["shards"] = inputs.int(
+            "shards", default=1, min=1, label="Shards",
+            description="split the job into this many delegated operations, one per `fiftyone delegated launch` worker",
+        )
+        return props
+
+    def own_problems(self, ctx) -> dict[str, str]:
+        shards, shard = self.param(ctx, "shards"), self.param(ctx, "shard")
+        if type(shards) is not int or shards < 1:
+            return {"shards": f"shards must be a whole number >= 1, got {shards!r}"}
+        if shard is not None and not (type(shard) is int and 0 <= shard < shards):
+            return {"shards": f"shard must be in 0..{shards - 1}, got {shard!r}"}
+        return {}
+
+    def output_problems(self, ctx) -> dict[str, str]:
+        """As the other operators', except that a field unisam prelabelled is resumed, not refused."""
+        found = super().output_problems(ctx)
+        field = self.param(ctx, "label_field")
+        if "label_field" in found and _holds(self.schema(ctx).get(field), fol.Detections):
+            try:
+                DetectionsSink(ctx.target_view(), field).open({}, self.param(ctx, "overwrite"))
+                found.pop("label_field")
+            except ValueError as error:
+                found["label_field"] = str(error)
+        return found
+
+    def resolve_delegation(self, ctx) -> bool | None:
+        return False if self.splits(ctx) else None  # None: as requested
+
+    def resolve_execution_options(self, ctx):
+        if self.splits(ctx):  # queueing the shards is quick; the shards themselves are delegated
+            return ExecutionOptions(allow_immediate_execution=True, allow_delegated_execution=False)
+        return super().resolve_execution_options(ctx)
+
+    def execute(self, ctx) -> dict:
+        """The shard's report: ``shard``, ``shards``, ``samples`` (in the shard), ``skipped``,
+        ``processed``, ``instances``, ``failed`` {sample id: reason}; or ``{"queued": ids}``."""
+        view = ctx.target_view()
+        found = self.problems(ctx, view)
+        if found:
+            raise ValueError("; ".join(found.values()))
+        field = self.param(ctx, "label_field")
+        if self.splits(ctx):
+            _declare(ctx.dataset, field)  # once, here: concurrent shards must not each add it
+            queued = self.queue_shards(ctx)
+            ctx.ops.notify(f"unisam: queued {len(queued)} shards; each `fiftyone delegated launch` worker runs one")
+            return {"queued": queued}
+        shards, shard = self.param(ctx, "shards"), self.param(ctx, "shard") or 0
+        part = shard_of(view, shard, shards)
+        total, written = part.count(), 0
+
+        def progress(count: int) -> None:
+            nonlocal written
+            written += count
+            ctx.set_progress(progress=written / total, label=f"shard {shard + 1} / {shards}: {written} samples written")
+
+        given = {name: self.param(ctx, name) for name in unisam.EverythingParams.names()}
+        report = prelabel_dataset(
+            part, field, model=self.param(ctx, "model"), overwrite=self.param(ctx, "overwrite"),
+            progress=False, on_write=progress if ctx.delegated else None,  # immediate runs: one message at the end
+            **{name: value for name, value in given.items() if value is not None},
+        )
+        logger.info("unisam: %s into %r, shard %d / %d: %s", self.verb, field, shard + 1, shards, report.summary())
+        if ctx.delegated:
+            ctx.set_progress(progress=1.0, label=f"shard {shard + 1} / {shards}: done, {written} samples written")
+        else:
+            ctx.ops.notify(f"unisam: {report.processed} samples {self.verb} into {field!r}, {report.skipped} already "
+                           f"done, {len(report.failures)} failed", variant="warning" if report.failures else "success")
+            ctx.ops.reload_dataset()
+        return {"shard": shard, "shards": shards, "samples": report.images, "skipped": report.skipped,
+                "processed": report.processed, "instances": report.instances, "failed": dict(report.failures)}
+
+    def queue_shards(self, ctx) -> list[str]:
+        """Queue one delegated operation of this operator per shard (same target view and
+        parameters, plus ``shard``); returns their ids."""
+        service, ids = DelegatedOperationService(), []
+        shards = self.param(ctx, "shards")
+        for shard in range(shards):
+            request = {name: value for name, value in ctx.request_params.items() if name != "run_doc"}
+            request.update(delegated=True, params={**ctx.params, "shard": shard})
+            op = service.queue_operation(
+                operator=self.uri, context={"request_params": request}, delegation_target=ctx.delegation_target,
+                label=f"{self.about['label']} (shard {shard + 1} / {shards})",
+            )
+            ids.append(str(op.id))
+        return ids
+
+
 def _everything_inputs(inputs: types.Object, model: str) -> dict:
     """The form's inputs for the common segment-everything thresholds, defaulting to ``model``'s."""
     try:
@@ -737,13 +880,18 @@ def _export_masks(by_frame: dict[int | None, fol.Detections], directory: str, sa
         detection.mask, detection.mask_path = None, final
 
 
-def _record(dataset, path: str, summary: dict, key: str = "unisam") -> None:
-    """Store the run summary in the output field's ``info[key]`` (creating the field if no sample
-    succeeded); ``path``: the field's name, ``frames.<name>`` for a frame field."""
+def _declare(dataset, path: str) -> None:
+    """Add the ``Detections`` field ``path`` (``frames.<name>``: a frame field) if it is missing."""
     if not dataset.has_field(path):
         frames, name = path.startswith("frames."), path.removeprefix("frames.")
         add = dataset.add_frame_field if frames else dataset.add_sample_field
         add(name, fof.EmbeddedDocumentField, embedded_doc_type=fol.Detections)
+
+
+def _record(dataset, path: str, summary: dict, key: str = "unisam") -> None:
+    """Store the run summary in the output field's ``info[key]`` (creating the field if no sample
+    succeeded); ``path``: the field's name, ``frames.<name>`` for a frame field."""
+    _declare(dataset, path)
     field = dataset.get_field(path)
     field.info = {**(field.info or {}), key: summary}
     field.save()
@@ -754,3 +902,4 @@ def register(plugin) -> None:
     plugin.register(SegmentEverything)
     plugin.register(Track)
     plugin.register(LabelMasks)
+    plugin.register(Prelabel)
