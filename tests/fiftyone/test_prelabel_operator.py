@@ -56,9 +56,16 @@ def workers(tmp_path):
     env = {**os.environ, "FIFTYONE_DATABASE_URI": f"mongodb://{host}:{port}"}
     command = [os.path.join(os.path.dirname(sys.executable), "fiftyone"), "delegated", "launch"]
     logs = [tmp_path / f"worker{i}.log" for i in range(2)]
-    procs = [subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT) for log in logs]
+    outs = [log.open("w") for log in logs]
+    procs = [subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT) for out in outs]
+
+    def started() -> bool:  # or exited
+        return all(READY in log.read_text() or proc.poll() is not None for log, proc in zip(logs, procs))
+
     try:
-        wait_for(lambda: all(READY in log.read_text() for log in logs), "the workers to start", timeout=90)
+        wait_for(started, "the workers to start", timeout=90)
+        for log, proc in zip(logs, procs):
+            assert proc.poll() is None, f"a worker exited: {log.read_text()[-2000:]}"
         yield logs
     finally:
         for proc in procs:
@@ -68,6 +75,8 @@ def workers(tmp_path):
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for out in outs:
+            out.close()
 
 
 def run_shards(dataset) -> list:
@@ -159,7 +168,8 @@ def test_app_form_offers_shards_and_queues_them_immediately(dataset):
     assert result.error is None and not result.delegated and dataset.has_field("split")  # declared once, here
     service = DelegatedOperationService()
     docs = [service.get(ObjectId(i)) for i in result.result["queued"]]
-    assert [(d.run_state, d.label) for d in docs] == [("queued", f"unisam: prelabel (shard {i} / 3)") for i in (1, 2, 3)]
+    labels = [("queued", f"unisam: prelabel (shard {i} / 3)") for i in (1, 2, 3)]
+    assert [(d.run_state, d.label) for d in docs] == labels
     assert [d.context.params["shard"] for d in docs] == [0, 1, 2]
     for doc in docs:
         service.delete_operation(doc.id)
