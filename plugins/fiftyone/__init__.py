@@ -7,7 +7,9 @@ on videos (``index`` = track id); masks are cropped to their boxes, or PNGs unde
 directory. Samples whose media cannot be read or that lack their prompts are skipped (no label, no
 mask file) and listed with the reason in the field's ``info["unisam"]`` run summary; boxes
 overhanging the image are cut to it. An existing output field is replaced only with ``overwrite``.
-Delegated track runs report progress frame by frame. From Python: ``foo.get_operator(uri)(dataset_or_view, ...)``.
+Delegated track runs report progress frame by frame. ``@unisam/unisam/prelabel`` runs the resumable
+prelabel job, optionally as shards that several ``fiftyone delegated launch`` workers share.
+From Python: ``foo.get_operator(uri)(dataset_or_view, ...)``.
 """
 
 from __future__ import annotations
