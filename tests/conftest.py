@@ -1,11 +1,18 @@
 """Shared pytest setup: make tests/ importable (tests/reference.py) and keep torch single-threaded."""
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Ray Data 2.60 logs a malformed DEBUG record ('Data Context for dataset ...:\n%s'). Ray hands its
+# loggers the root logger's handlers of the moment, which under pytest are a test's capture
+# handlers; a later test's Ray job then died in one with "not all arguments converted during
+# string formatting". At INFO the record is never made (outside pytest it is harmless).
+os.environ.setdefault("RAY_DATA_LOG_LEVEL", "INFO")
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +46,14 @@ def clip_export(clip_reference) -> Path:
     """The export directory of the random convnext_tiny open_clip model (a label model for host tests)."""
     (directory,) = (clip_reference / "cache" / "onnx-clip").glob("convnext_tiny-*")
     return directory
+
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for one test module (the ray extra; CI installs it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -2,6 +2,7 @@
 giving the same files as the local one."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -77,19 +78,23 @@ def test_png_sink_and_coco_source(folder, tmp_path):
     assert coco.processed == 2 and ids == [7, 9]
 
 
-def test_resume_after_kill_gives_the_same_annotations(tmp_path):
-    """A real run killed (SIGKILL) midway, then resumed: every image exactly once, as an unbroken run."""
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_resume_after_kill_gives_the_same_annotations(tmp_path, engine):
+    """A real run killed (SIGKILL, with its Ray processes: its whole process group) midway, then
+    resumed: every image exactly once, as an unbroken run."""
     root = _images(tmp_path / "images", 12, 256, seed=3)
     command = [sys.executable, "-m", "unisam.cli", "prelabel", str(root), "--out", str(tmp_path / "killed"),
-               "--points-per-side", "16", "--shard-size", "1"]
-    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               "--points-per-side", "16", "--shard-size", "1", "--engine", engine]
+    if engine == "ray":
+        command += ["--workers", "2"]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     manifest = tmp_path / "killed" / "manifest.jsonl"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and run.poll() is None:
         if manifest.exists() and len(manifest.read_text().splitlines()) >= 3:
             break
         time.sleep(0.01)
-    run.send_signal(signal.SIGKILL)
+    os.killpg(run.pid, signal.SIGKILL)
     assert run.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     done = len(manifest.read_text().splitlines())
     assert 3 <= done < 12 and not (tmp_path / "killed" / "annotations.json").exists()
@@ -128,15 +133,6 @@ def test_changed_options_refused_and_cli(folder, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["prelabel", str(folder), "--out", str(out), "--engine", "spark"])
     assert stop.value.code == 2
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray  # the ray extra; CI installs it
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def test_ray_engine_gives_the_local_output(folder, tmp_path, ray_cluster):

@@ -49,7 +49,12 @@ def test_an_existing_field_is_not_overwritten_unless_asked(dataset):
     assert all(d.label is None and d.mask is not None for s in dataset for d in s["gt"].detections)
 
 
-def test_the_ray_engine_is_refused_on_datasets_and_nothing_is_written(dataset):
-    with pytest.raises(ValueError, match="not supported for FiftyOne datasets yet"):
-        prelabel_dataset(dataset, "remote", engine="ray", workers=2, progress=False, **OPTIONS)
-    assert not dataset.has_sample_field("remote")
+def test_the_ray_engine_writes_what_the_local_one_does(dataset, ray_cluster):
+    prelabel_dataset(dataset, "local", progress=False, **OPTIONS)
+    report = prelabel_dataset(dataset, "remote", engine="ray", workers=2, progress=False, **OPTIONS)
+    assert (report.processed, report.failures) == (3, [])
+    for sample in dataset:
+        local, remote = sample["local"].detections, sample["remote"].detections
+        assert len(local) == len(remote) > 0
+        assert [d.bounding_box for d in local] == [d.bounding_box for d in remote]
+        assert all(np.array_equal(a.mask, b.mask) for a, b in zip(local, remote))

@@ -106,13 +106,8 @@ def prelabel_dataset(
     """Segment everything in each sample of ``samples`` into ``field`` (options as
     :func:`unisam.segment_everything`), resuming where an earlier run stopped; returns the report.
     ``on_write``: called with the number of samples written after each database write.
-    Only the local engine for now: the Ray engine on a FiftyOne dataset failed in the full test suite
-    (Ray Data raised while logging, after FiftyOne had set up logging), so it is refused until fixed."""
-    if engine != "local":
-        raise ValueError(
-            f"engine {engine!r} is not supported for FiftyOne datasets yet; use engine='local', or run "
-            "`unisam prelabel` with --engine ray on the image folder"
-        )
+    ``engine="ray"`` encodes on Ray workers; results are written here, so only the driver needs the
+    database."""
     job = prelabel.Job(
         DatasetSource(samples),
         [prelabel.SegmentEverything(model, options=everything)],
