@@ -58,3 +58,52 @@ def test_the_ray_engine_writes_what_the_local_one_does(dataset, ray_cluster):
         assert len(local) == len(remote) > 0
         assert [d.bounding_box for d in local] == [d.bounding_box for d in remote]
         assert all(np.array_equal(a.mask, b.mask) for a, b in zip(local, remote))
+
+
+KILLED_RUN = """
+import sys, fiftyone as fo
+from unisam import prelabel
+from unisam_fiftyone.prelabel import DatasetSource, DetectionsSink
+samples = fo.load_dataset(sys.argv[1])
+job = prelabel.Job(DatasetSource(samples), [prelabel.SegmentEverything(options={"points_per_side": 16})],
+                   DetectionsSink(samples, "pre", shard_size=1))  # a database write per sample
+job.run(progress=False)
+"""
+
+
+def test_a_killed_run_resumes_without_duplicates_or_gaps(dataset):
+    """A real run in another process, SIGKILLed after some samples were written, then resumed
+    here: every sample labelled once, each as segment_everything gives it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import fiftyone.core.odm.database as fodb
+
+    dataset.add_samples([type(s)(filepath=s.filepath) for s in dataset] * 3)  # 12 samples
+    host, port = fodb.get_db_client().address
+    env = {**os.environ, "FIFTYONE_DATABASE_URI": f"mongodb://{host}:{port}"}
+    run = subprocess.Popen([sys.executable, "-c", KILLED_RUN, dataset.name], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    written = 0
+    while time.monotonic() < deadline and run.poll() is None and written < 2:
+        dataset.reload()  # the other process declares the field
+        written = len(dataset.exists("pre")) if dataset.has_sample_field("pre") else 0
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    dataset.reload()
+    done = len(dataset.exists("pre"))
+    assert 2 <= done < 12
+    resumed = prelabel_dataset(dataset, "pre", progress=False, points_per_side=16)
+    assert resumed.skipped >= done and resumed.skipped + resumed.processed == 12 and not resumed.failures
+    expected = {p: unisam.segment_everything(p, points_per_side=16) for p in set(dataset.values("filepath"))}
+    for sample in dataset:
+        dets, want = sample["pre"].detections, expected[sample.filepath]
+        assert len(dets) == len(want) > 0
+        np.testing.assert_allclose([d.confidence for d in dets], want.scores, rtol=1e-6)
+    again = prelabel_dataset(dataset, "pre", progress=False, points_per_side=16)
+    assert (again.processed, again.skipped) == (0, 12)
