@@ -1,8 +1,16 @@
 """The prelabel job on a real FiftyOne dataset (issue #19): Detections written per sample, a re-run
-resumes, an existing field is never overwritten unless asked.
+resumes (also after a real kill), an existing field is never overwritten unless asked, and the Ray
+engine writes what the local one does.
 
 Oracle: ``unisam.segment_everything`` on the same image files."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import fiftyone.core.odm.database as fodb
 import numpy as np
 import pytest
 
@@ -74,14 +82,6 @@ job.run(progress=False)
 def test_a_killed_run_resumes_without_duplicates_or_gaps(dataset):
     """A real run in another process, SIGKILLed after some samples were written, then resumed
     here: every sample labelled once, each as segment_everything gives it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import fiftyone.core.odm.database as fodb
-
     dataset.add_samples([type(s)(filepath=s.filepath) for s in dataset] * 3)  # 12 samples
     host, port = fodb.get_db_client().address
     env = {**os.environ, "FIFTYONE_DATABASE_URI": f"mongodb://{host}:{port}"}
