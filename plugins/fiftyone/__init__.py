@@ -7,17 +7,24 @@ on videos (``index`` = track id); masks are cropped to their boxes, or PNGs unde
 directory. Samples whose media cannot be read or that lack their prompts are skipped (no label, no
 mask file) and listed with the reason in the field's ``info["unisam"]`` run summary; boxes
 overhanging the image are cut to it. An existing output field is replaced only with ``overwrite``.
-Delegated track runs report progress frame by frame. ``@unisam/unisam/prelabel`` runs the resumable
-prelabel job, optionally as shards that several ``fiftyone delegated launch`` workers share.
+Track runs, delegated or immediate, report progress frame by frame. ``@unisam/unisam/prelabel`` runs
+the resumable prelabel job, optionally as shards that several ``fiftyone delegated launch`` workers
+share.
 From Python: ``foo.get_operator(uri)(dataset_or_view, ...)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from typing import TypeVar
 
 import fiftyone.core.fields as fof
 import fiftyone.core.labels as fol
@@ -26,6 +33,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionOptions
+from fiftyone.operators.message import GeneratedMessage
 
 import unisam
 
@@ -33,6 +41,7 @@ from .unisam_fiftyone.prelabel import DetectionsSink, prelabel_dataset, shard_of
 from .unisam_fiftyone.zoo import from_detections, keyframes_from_labels, segment_sample, set_label, to_detections
 
 logger = logging.getLogger("unisam.fiftyone")
+T = TypeVar("T")
 
 WRITE_EVERY = 16  # samples computed between two database writes
 SUGGEST_DELEGATION_ABOVE = 200  # samples; immediate runs stop after fo.config.operator_timeout (600 s)
@@ -58,6 +67,7 @@ class _Segment(foo.Operator):
     info_key = "unisam"  # the run summary's key in the output field's info
     verb = "segmented"  # what the final message says was done to the samples
     mask_files = True  # the form offers a mask directory (PNG files instead of masks in the database)
+    progress_within = False  # compute reports work within a sample (a video's frames) to its progress callback
 
     @property
     def config(self) -> foo.OperatorConfig:
@@ -86,8 +96,8 @@ class _Segment(foo.Operator):
     def compute(self, ctx, sample, predictor: unisam.Predictor, progress=None):
         """One sample's labels: ``fol.Detections`` (images: ``segment`` of its image) or, for videos,
         ``{frame number: fol.Detections}``. Raises ``ValueError``/``OSError`` to skip the sample.
-        ``progress``: in delegated runs, a ``(done, total)`` callback for work within the sample
-        (frames of a video), else None."""
+        ``progress``: with ``progress_within``, a ``(done, total)`` callback for work within the
+        sample (frames of a video), called from a worker thread (see :func:`_reporting`); else None."""
         return self.segment(ctx, unisam.load_image(sample.filepath), sample, predictor)
 
     # image operators define ``segment(ctx, image, sample, predictor) -> fol.Detections``
@@ -215,9 +225,12 @@ class _Segment(foo.Operator):
         for start in range(0, len(ids), self.write_every):
             results = {}
             for sample in samples.select(ids[start : start + self.write_every], ordered=True):
-                within = _progress_within(ctx, done, len(ids)) if ctx.delegated else None
                 try:
-                    labels = self.compute(ctx, sample, predictor, within)
+                    if self.progress_within:
+                        work = functools.partial(self.compute, ctx, sample, predictor)
+                        labels = yield from _reporting(ctx, work, done, len(ids))
+                    else:
+                        labels = self.compute(ctx, sample, predictor)
                     by_frame = dict(labels) if self.media_type == "video" else {None: labels}
                     if mask_dir:  # a sample whose masks cannot all be written gets none of its labels
                         _export_masks(by_frame, os.path.abspath(os.path.join(mask_dir, field)), sample.id)
@@ -228,11 +241,7 @@ class _Segment(foo.Operator):
                     instances += sum(len(detections.detections) for detections in by_frame.values())
                     results[sample.id] = labels
                 done += 1
-                label = f"{done} / {len(ids)} samples"
-                if ctx.delegated:
-                    ctx.set_progress(progress=done / len(ids), label=label)
-                else:
-                    yield ctx.ops.set_progress(progress=done / len(ids), label=label)
+                yield from _report(ctx, done / len(ids), f"{done} / {len(ids)} samples")
             if results:
                 ctx.dataset.set_values(self.path(field), results, key_field="id")
             segmented += len(results)
@@ -420,6 +429,7 @@ class Track(_Segment):
     media_type = "video"
     verb = "tracked"
     write_every = 1  # a video's masks are written as soon as it is done
+    progress_within = True  # unisam.track's frame steps
 
     def __call__(
         self,
@@ -837,18 +847,48 @@ def _everything_inputs(inputs: types.Object, model: str) -> dict:
     return props
 
 
-def _progress_within(ctx, done: int, total: int):
-    """A ``(steps done, steps total)`` callback (``unisam.track``'s frame steps: a frame visited by
-    a forward or a backward sweep) that sets a delegated run's progress within sample ``done + 1``
-    of ``total`` (FiftyOne shows it on the run's page)."""
+def _report(ctx, progress: float, label: str) -> Iterator[GeneratedMessage]:
+    """Show the run's progress (0..1) as its mode allows: a delegated run stores it on its operation
+    (FiftyOne shows it on the run's page) and yields nothing; an immediate run yields the App's
+    ``set_progress`` message, for ``execute`` to yield on."""
+    if ctx.delegated:
+        ctx.set_progress(progress=progress, label=label)
+    else:
+        yield ctx.ops.set_progress(progress=progress, label=label)
 
-    def report(step: int, steps: int) -> None:
-        ctx.set_progress(
-            progress=(done + step / max(steps, 1)) / total,
-            label=f"sample {done + 1} / {total}: {step} / {steps} frame steps",
-        )
 
-    return report
+def _reporting(
+    ctx, work: Callable[[Callable[[int, int], None]], T], done: int, total: int
+) -> Generator[GeneratedMessage, None, T]:
+    """Run ``work(progress)`` (one sample's compute) in a worker thread and :func:`_report` each of
+    its ``progress(step, steps)`` calls (``unisam.track``'s frame steps: a frame visited by a forward
+    or a backward sweep) as progress within sample ``done + 1`` of ``total``, as they come; returns
+    ``work``'s result or raises its error. The last step (``step == steps``) is left to the caller's
+    per-sample report, so the run's progress strictly increases.
+
+    The thread is what lets an immediate run show them: its messages reach the App only when
+    ``execute`` yields, and ``unisam.track`` returns only at the end. If the generator is closed
+    (the App went away), the work is stopped at its next step."""
+    updates: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    closed = threading.Event()
+
+    def progress(step: int, steps: int) -> None:
+        if closed.is_set():
+            raise RuntimeError("unisam: the operator run was closed")
+        updates.put((step, steps))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="unisam-fiftyone") as pool:
+        future = pool.submit(work, progress)
+        future.add_done_callback(lambda _: updates.put(None))
+        try:
+            while (update := updates.get()) is not None:
+                step, steps = update
+                if step < steps:
+                    label = f"sample {done + 1} / {total}: {step} / {steps} frame steps"
+                    yield from _report(ctx, (done + step / steps) / total, label)
+        finally:
+            closed.set()  # on a normal end the work is done already
+    return future.result()
 
 
 def _holds(field, kind) -> bool:

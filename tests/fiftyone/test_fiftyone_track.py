@@ -6,6 +6,8 @@ masks (not from FiftyOne labels), plus the ground truth itself.
 """
 
 import asyncio
+import re
+import threading
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -178,16 +180,29 @@ def test_masks_written_as_png_files_per_frame(videos, video, tmp_path):
     assert_matches_tracks(stored, oracle(path, truth), INDEX)
 
 
-def test_app_run_streams_progress_and_delegated_run_gives_the_same(videos, video):
+def test_app_run_streams_progress_per_frame_and_delegated_run_gives_the_same(videos, video):
     path, truth = video
+    second = fo.Sample(filepath=path)
+    second.frames[1]["gt"] = videos.first().frames[1]["gt"].copy()
+    videos.add_sample(second)
     request = {"dataset_name": videos.name, "params": {"prompt_field": "gt", "label_field": "now"}}
     result = asyncio.run(execute_or_delegate_operator(TRACK, request))
     assert result.is_generator and result.error is None
     messages = [(m.body.operator_uri, m.body.params) for m in result.result]
-    assert [p["progress"] for name, p in messages if name == "set_progress"] == [1.0]
+    updates = [p for name, p in messages if name == "set_progress"]
+    progress = [p["progress"] for p in updates]
+    assert all(a < b for a, b in zip(progress, progress[1:])) and progress[-1] == 1.0
+    for sample in (1, 2):  # each frame step but a video's last, which its "k / 2 samples" update reports
+        steps = [(re.fullmatch(rf"sample {sample} / 2: (\d+) / (\d+) frame steps", p["label"]), p) for p in updates]
+        within = [(int(m[1]), int(m[2]), p["progress"]) for m, p in steps if m]
+        assert len(within) + 1 >= VIDEO_FRAMES  # at least one update per frame
+        assert [step for step, _, _ in within] == list(range(1, len(within) + 1))
+        for step, total, value in within:
+            assert abs(value - (sample - 1 + step / total) / 2) < 1e-12
+    assert [p["label"] for p in updates if "frame steps" not in p["label"]] == ["1 / 2 samples", "2 / 2 samples"]
     assert messages[-2] == (
         "notify",
-        {"message": f"unisam: 1 / 1 samples tracked into 'now' ({2 * VIDEO_FRAMES} masks)", "variant": "success"},
+        {"message": f"unisam: 2 / 2 samples tracked into 'now' ({4 * VIDEO_FRAMES} masks)", "variant": "success"},
     )
     queued = foo.get_operator(TRACK)(videos, prompt_field="gt", label_field="later", delegate=True)
     assert queued.delegated and not videos.has_field("frames.later")
@@ -198,8 +213,20 @@ def test_app_run_streams_progress_and_delegated_run_gives_the_same(videos, video
     assert done.status.progress == 1.0
     videos.reload()
     tracks = oracle(path, truth)
-    assert_matches_tracks(frames_of(videos, "now"), tracks, INDEX)
-    assert_matches_tracks(frames_of(videos, "later"), tracks, INDEX)
+    for sample in (0, 1):
+        assert_matches_tracks(frames_of(videos, "now", sample), tracks, INDEX)
+        assert_matches_tracks(frames_of(videos, "later", sample), tracks, INDEX)
+
+
+def test_closing_an_app_run_stops_its_tracking_thread_and_writes_nothing(videos):
+    request = {"dataset_name": videos.name, "params": {"prompt_field": "gt", "label_field": "closed"}}
+    run = asyncio.run(execute_or_delegate_operator(TRACK, request)).result
+    first = next(run)
+    assert first.body.operator_uri == "set_progress" and "frame steps" in first.body.params["label"]
+    assert any(t.name.startswith("unisam-fiftyone") for t in threading.enumerate())  # still tracking: streamed
+    run.close()  # the App went away mid-video
+    assert not any(t.name.startswith("unisam-fiftyone") for t in threading.enumerate())
+    assert not videos.has_field("frames.closed")
 
 
 def test_automatic_mode_tracks_every_object(videos, video):
