@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 from . import api, hub
 from .runtime.everything import EverythingParams
+from .track import LINK_OPTIONS
 from .registry import get_card, get_label_card, list_label_models, list_models
 from .train.commands import add_commands as add_training_commands
 from .weights import WeightsNotFoundError, cache_dir, resolve_weight
@@ -125,7 +127,20 @@ def cmd_prelabel(args) -> None:
     from . import prelabel
 
     source_path = Path(args.source)
-    if source_path.is_dir():
+    linking = {name: getattr(args, name) for name in LINK_OPTIONS if getattr(args, name) is not None}
+    if linking and not args.track:
+        raise ValueError(f"--{next(iter(linking)).replace('_', '-')} is a linking option: it needs --track")
+    target = _prelabel_target(args.source)
+    if target is not None:
+        if args.track or args.format or args.root:
+            raise ValueError(f"--track, --format and --root are for folders and COCO files; {args.source} "
+                             "is written back to its host")
+        source, sink = target(args.out, args.shard_size)
+    elif args.track:
+        if not source_path.is_dir():
+            raise ValueError(f"--track needs a folder of sequences (videos, multi-page TIFFs, folders of frames); got {source_path}")
+        source = prelabel.SequenceSource(source_path)
+    elif source_path.is_dir():
         source = prelabel.FolderSource(source_path)
     elif source_path.suffix.lower() == ".json" and source_path.is_file():
         source = prelabel.CocoSource(source_path, args.root)
@@ -134,14 +149,45 @@ def cmd_prelabel(args) -> None:
     if args.download:  # fetched once here, so the workers find the weights in the cache
         _model(args)
     given = {name: getattr(args, name) for name in EverythingParams.names()}
-    steps: list = [prelabel.SegmentEverything(args.model, args.weights, {k: v for k, v in given.items() if v is not None}, args.tiles)]
+    everything = {k: v for k, v in given.items() if v is not None}
+    if args.track:
+        if args.tiles:
+            raise ValueError("--tiles is not available with --track")
+        steps: list = [prelabel.Track(args.model, args.weights, {**everything, **linking})]
+    else:
+        steps = [prelabel.SegmentEverything(args.model, args.weights, everything, args.tiles)]
     if args.vocabulary:
         steps.append(prelabel.Label(tuple(v.strip() for v in args.vocabulary.split(";")), args.label_model))
-    sink = {"coco": prelabel.CocoSink, "png": prelabel.PngSink}[args.format](args.out, args.shard_size)
+    if target is None:
+        fmt = args.format or "coco"
+        sink = {"coco": prelabel.CocoSink, "png": prelabel.PngSink}[fmt](args.out, 64 if args.shard_size is None else args.shard_size)
     job = prelabel.Job(source, steps, sink)
     report = job.run(args.engine, workers=args.workers, address=args.address, num_cpus=args.num_cpus, overwrite=args.overwrite)
     print(report.summary())
-    print(f"wrote {args.out} ({'annotations.json' if args.format == 'coco' else 'labels/'}; manifest.jsonl)")
+    if target is None:
+        print(f"wrote {args.out} ({'annotations.json' if fmt == 'coco' else 'labels/'}; manifest.jsonl)")
+    else:
+        print(f"wrote field {args.out!r} of {args.source}")
+
+
+PRELABEL_TARGETS = "unisam.prelabel_targets"  # entry-point group: a host's datasets as prelabel sources
+
+
+def _prelabel_target(source: str):
+    """For ``<host>:<name>`` (a host that registers an entry point in :data:`PRELABEL_TARGETS`, e.g.
+    ``fiftyone:my-dataset``): a function ``(out, shard_size) -> (source, sink)``; else None (a path)."""
+    host, colon, name = source.partition(":")
+    if not colon or len(host) < 2 or Path(source).exists():  # "C:\\..." and existing paths are paths
+        return None
+    targets = {point.name: point for point in entry_points(group=PRELABEL_TARGETS)}
+    if host not in targets:
+        raise ValueError(f"unknown source {source!r}: not a path, and {host!r} is not a host "
+                         f"(hosts: {', '.join(sorted(targets)) or 'none installed'})")
+    try:
+        make = targets[host].load()  # imports the host's SDK
+    except ImportError as exc:
+        raise ImportError(f"the {host} source needs {host} installed: pip install '.[{host}]' ({exc})") from None
+    return lambda out, shard_size: make(name, out, shard_size)
 
 
 def cmd_export(args) -> None:
@@ -231,22 +277,34 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.set_defaults(func=cmd_everything)
 
-    p = sub.add_parser("prelabel", help="segment every image of a folder or COCO JSON (local or on Ray); resumable")
-    p.add_argument("source", help="an image folder (recursive) or a COCO JSON (its images)")
-    p.add_argument("--out", required=True, help="output folder (created; a re-run resumes in it)")
+    p = sub.add_parser("prelabel", help="segment every image of a folder or COCO JSON, or track every sequence "
+                                        "of a folder (local or on Ray); resumable")
+    p.add_argument("source", help="an image folder (recursive), a COCO JSON (its images), or a host's dataset "
+                                  "(fiftyone:NAME); with --track, a folder of sequences (videos, multi-page TIFFs, "
+                                  "folders of frames)")
+    p.add_argument("--out", required=True, help="output folder (created; a re-run resumes in it); for a host's "
+                                                "dataset, the label field")
     p.add_argument("--root", default=None, help="folder the COCO file names are relative to (default: the JSON's)")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model (ray engine only)")
     p.add_argument("--address", default=None, help="join this Ray cluster (default: start a local one)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for the job (default: the machine's / the cluster's)")
-    p.add_argument("--format", choices=["coco", "png"], default="coco", help="COCO RLE JSON or a label PNG per image")
-    p.add_argument("--shard-size", type=int, default=64, help="images per written shard (the unit of resuming)")
+    p.add_argument("--format", choices=["coco", "png"], default=None, help="COCO RLE JSON (default) or a label PNG per image")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="images per written shard, the unit of resuming (default 64; FiftyOne: 16 per database write)")
     p.add_argument("--vocabulary", default=None, help="also name the masks: class names separated by ';' (needs a CLIP label model)")
     p.add_argument("--label-model", default=None, help="CLIP label model, arch/pretrained or an export folder")
     for option in EverythingParams.options():
         p.add_argument("--" + option.name.replace("_", "-"), dest=option.name, type=option.kind, default=None,
                        help=f"{option.help} (default: the model's)")
     p.add_argument("--tiles", action="store_true", help="large images: work in overlapping tiles")
+    p.add_argument("--track", action="store_true", help="track the objects of each sequence (unisam.track, automatic "
+                                                        "mode): one id per object across its frames")
+    p.add_argument("--method", choices=["hungarian", "laptrack"], default=None, help="--track: linking (laptrack: cells, divisions)")
+    p.add_argument("--min-iou", type=float, default=None, help="--track: least mask IoU of a link (default 0.3)")
+    p.add_argument("--feature-weight", type=float, default=None, help="--track: weight of embedding similarity (default 0.3)")
+    p.add_argument("--max-gap", type=int, default=None, help="--track: frames an object may be missing and keep its id (default 2)")
+    p.add_argument("--min-split", type=float, default=None, help="--track, laptrack: least fraction of a daughter in its mother (default 0.5)")
     model_args(p)
     p.set_defaults(func=cmd_prelabel)
 

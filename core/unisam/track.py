@@ -64,7 +64,7 @@ def track(
     Instances or a (T, H, W) integer label stack; default: segment everything on each frame, with the
     :class:`~unisam.EverythingParams` fields as options, e.g. ``points_per_side=16``, keeping one
     object per pixel: parts and duplicates of a better mask are dropped). Linking options:
-    ``method`` ("hungarian" or "laptrack"), ``min_iou`` 0.1, ``feature_weight`` 0.3 (embedding
+    ``method`` ("hungarian" or "laptrack"), ``min_iou`` 0.3, ``feature_weight`` 0.3 (embedding
     similarity; 0 links by overlap alone and, with ``instances``, runs no model), ``max_gap`` 2,
     ``min_split`` 0.5 (see :func:`unisam.runtime.linking.link`).
 

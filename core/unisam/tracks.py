@@ -8,6 +8,7 @@ Boxes follow unisam's one convention (:mod:`unisam.masks`): pixel-edge ``(x1, y1
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -62,6 +63,31 @@ class Tracks(list):
                     rows.append((i, t, ys.mean(), xs.mean()))
         table = np.array(rows, np.float64).reshape(-1, 4)
         return table[np.lexsort((table[:, 1], table[:, 0]))]
+
+    def vote_labels(self) -> Tracks:
+        """One label per track ("one object, one id, one name"): each track takes the label whose
+        ``label_scores`` summed over the track's frames are highest (an unnamed ``None`` votes too),
+        and as its ``label_score`` that sum divided by the frames where the track is present. Frames
+        without labels are left as they are; ``label_topk`` stays per frame."""
+        totals: dict[int, dict[str | None, float]] = {}
+        present: dict[int, int] = {}
+        for frame in self:
+            if frame.labels is None:
+                continue
+            scores = frame.label_scores if frame.label_scores is not None else np.ones(len(frame), np.float32)
+            for i, name, score in zip(frame.ids.tolist(), frame.labels, scores.tolist()):
+                votes = totals.setdefault(i, {})
+                votes[name] = votes.get(name, 0.0) + score
+                present[i] = present.get(i, 0) + 1
+        winner = {i: max(votes.items(), key=lambda kv: kv[1]) for i, votes in totals.items()}
+        frames = []
+        for frame in self:
+            if frame.labels is not None:
+                frame = dataclasses.replace(
+                    frame, labels=[winner[i][0] for i in frame.ids.tolist()],
+                    label_scores=np.array([winner[i][1] / present[i] for i in frame.ids.tolist()], np.float32))
+            frames.append(frame)
+        return Tracks(frames, self.lineage)
 
     def to_label_stack(self) -> np.ndarray:
         """``(T, H, W)`` int32: 0 background, the track id inside each mask (ids must be > 0; where

@@ -161,3 +161,152 @@ def test_label_step_names_the_masks_as_segment_and_label(folder, tmp_path, clip_
         names = [coco["categories"][a["category_id"] - 1]["name"] for a in anns]
         assert names == expected.labels
         np.testing.assert_allclose([a["label_score"] for a in anns], expected.label_scores, rtol=1e-5)
+
+
+# -- the track step: sequences in, tracks out ------------------------------------------------------------
+
+TRACK_OPTIONS = {"points_per_side": 8, "min_iou": 0.2}
+
+
+@pytest.fixture(scope="module")
+def sequences(tmp_path_factory) -> Path:
+    """Three sequences of one synthetic tracking scene each (a folder of PNG frames, a multi-page TIFF,
+    a lossless video), a broken video, and what is not a sequence (a text file, a folder without images)."""
+    import av
+    import tifffile
+
+    from unisam.data.synthetic.tracking import generate_tracking_scene
+
+    root = tmp_path_factory.mktemp("sequences")
+    scenes = [generate_tracking_scene(np.random.default_rng(seed), 6, (96, 96), objects=3, events=(), radius=(9, 12))
+              for seed in range(3)]
+    (root / "frames").mkdir()
+    for t, frame in enumerate(scenes[0].frames):
+        Image.fromarray(frame).save(root / "frames" / f"{t:03d}.png")
+    tifffile.imwrite(root / "stack.tif", np.stack(scenes[1].frames))
+    with av.open(str(root / "clip.mkv"), "w") as container:
+        stream = container.add_stream("ffv1", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 96, 96, "bgr0"
+        for frame in scenes[2].frames:
+            rgb = np.repeat(frame[..., None], 3, axis=-1) if frame.ndim == 2 else frame
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 cut off")
+    (root / "notes.txt").write_text("not a sequence")
+    (root / "empty").mkdir()
+    return root
+
+
+def _track_job(root: Path, out: Path, fmt: str = "coco", steps=None) -> prelabel.Job:
+    sink = {"coco": prelabel.CocoSink, "png": prelabel.PngSink}[fmt](out, 1)
+    return prelabel.Job(prelabel.SequenceSource(root), steps or [prelabel.Track(options=TRACK_OPTIONS)], sink)
+
+
+def _decoded(coco: dict, video_id: int) -> list[tuple[list[int], np.ndarray]]:
+    """Per frame of one video: its sequence's track ids and the masks (N, H, W), from a COCO video file."""
+    local = {t["id"]: t["local_id"] for t in coco["tracks"]}
+    frames = sorted((im for im in coco["images"] if im["video_id"] == video_id), key=lambda im: im["frame_index"])
+    out = []
+    for image in frames:
+        anns = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        masks = np.stack([mask_utils.decode(a["segmentation"]).astype(bool) for a in anns]) if anns else np.zeros((0, 96, 96), bool)
+        out.append(([local[a["track_id"]] for a in anns], masks))
+    return out
+
+
+def test_track_step_writes_coco_video_equal_to_unisam_track(sequences, tmp_path):
+    report = _track_job(sequences, tmp_path / "out").run(progress=False)
+    assert (report.images, report.processed, report.unit) == (4, 3, "sequence")
+    assert [key for key, _ in report.failures] == ["broken.mp4"] and "sequences" in report.summary()
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert [(v["id"], v["file_name"], v["length"]) for v in coco["videos"]] == [(2, "clip.mkv", 6), (3, "frames", 6), (4, "stack.tif", 6)]  # ids in name order, broken.mp4 is 1
+    assert sorted(a["id"] for a in coco["annotations"]) == list(range(1, len(coco["annotations"]) + 1))
+    assert len({t["id"] for t in coco["tracks"]}) == len(coco["tracks"])  # track ids unique over the file
+    for video in coco["videos"]:
+        expected = unisam.track(sequences / video["file_name"], **TRACK_OPTIONS)
+        assert len(expected.ids()) >= 3
+        for (ids, masks), frame in zip(_decoded(coco, video["id"]), expected, strict=True):
+            assert ids == frame.ids.tolist()
+            np.testing.assert_array_equal(masks, frame.masks)
+    again = _track_job(sequences, tmp_path / "out").run(progress=False)
+    assert (again.skipped, again.processed) == (3, 0)  # the broken video is tried again, the rest kept
+    assert json.loads((tmp_path / "out" / "annotations.json").read_text()) == coco
+
+
+def test_track_step_png_labels_are_the_label_stacks(sequences, tmp_path):
+    _track_job(sequences, tmp_path / "png", "png").run(progress=False)
+    for name in ("frames", "stack.tif", "clip.mkv"):
+        files = sorted((tmp_path / "png" / "labels" / name).glob("*.png"))
+        written = np.stack([np.asarray(Image.open(f)) for f in files])
+        np.testing.assert_array_equal(written, unisam.track(sequences / name, **TRACK_OPTIONS).to_label_stack())
+    assert not (tmp_path / "png" / "labels" / "broken.mp4").exists()
+
+
+def test_changed_frames_are_tracked_again(sequences, tmp_path):
+    root = tmp_path / "seq"
+    (root / "frames").mkdir(parents=True)
+    for f in (sequences / "frames").iterdir():
+        (root / "frames" / f.name).write_bytes(f.read_bytes())
+    assert _track_job(root, tmp_path / "out").run(progress=False).processed == 1
+    frame = np.asarray(Image.open(root / "frames" / "002.png"))
+    Image.fromarray(255 - frame).save(root / "frames" / "002.png")  # one frame edited: the sequence's hash changes
+    assert _track_job(root, tmp_path / "out").run(progress=False).processed == 1
+    assert _track_job(root, tmp_path / "out").run(progress=False).processed == 0
+
+
+def test_track_step_is_checked_before_any_work(sequences, tmp_path):
+    with pytest.raises(ValueError, match="unknown tracking option"):
+        _track_job(sequences, tmp_path / "a", steps=[prelabel.Track(options={"min_iuo": 0.2})]).run(progress=False)
+    with pytest.raises(ValueError, match="min_iou, feature_weight in"):
+        _track_job(sequences, tmp_path / "a", steps=[prelabel.Track(options={"min_iou": 2})]).run(progress=False)
+    with pytest.raises(ValueError, match="first step"):
+        _track_job(sequences, tmp_path / "a", steps=[prelabel.SegmentEverything(), prelabel.Track()]).run(progress=False)
+    assert not (tmp_path / "a").exists()
+
+
+def test_track_cli(sequences, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["prelabel", str(sequences), "--track", "--out", str(out), "--points-per-side", "8", "--min-iou", "0.2",
+                 "--shard-size", "1"]) == 0
+    assert "3 sequences" in capsys.readouterr().out
+    _track_job(sequences, tmp_path / "api").run(progress=False)
+    assert json.loads((out / "annotations.json").read_text()) == json.loads((tmp_path / "api" / "annotations.json").read_text())
+    assert main(["prelabel", str(sequences), "--out", str(tmp_path / "x"), "--min-iou", "0.2"]) == 2
+    assert "needs --track" in capsys.readouterr().err
+    assert main(["prelabel", str(sequences / "stack.tif"), "--track", "--out", str(tmp_path / "x")]) == 2
+    assert "folder of sequences" in capsys.readouterr().err
+
+
+def test_label_step_on_sequences_gives_one_name_per_track(sequences, tmp_path, clip_export):
+    vocabulary = ("bright disk", "dark background")
+    root = tmp_path / "one"  # one sequence: CLIP runs on each of its frames
+    root.mkdir()
+    (root / "stack.tif").write_bytes((sequences / "stack.tif").read_bytes())
+    steps = [prelabel.Track(options=TRACK_OPTIONS), prelabel.Label(vocabulary, str(clip_export))]
+    _track_job(root, tmp_path / "out", steps=steps).run(progress=False)
+    coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    model = unisam.get_label_model(str(clip_export))
+    for video in coco["videos"]:
+        tracks = unisam.track(root / video["file_name"], **TRACK_OPTIONS)
+        with unisam.open_frames(root / video["file_name"]) as frames:
+            labelled = unisam.Tracks([unisam.label(frames[t], f, list(vocabulary), model=model) for t, f in enumerate(tracks)])
+        expected = labelled.vote_labels()
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        anns = sorted((a for a in coco["annotations"] if a["video_id"] == video["id"]), key=lambda a: a["image_id"])
+        got = [(names[a["category_id"]], a["label_score"]) for a in anns]
+        want = [(name, score) for f in expected for name, score in zip(f.labels, f.label_scores.tolist())]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        np.testing.assert_allclose([g[1] for g in got], [w[1] for w in want], rtol=1e-5)
+    per_track = {}
+    for a in coco["annotations"]:
+        per_track.setdefault(a["track_id"], set()).add(a["category_id"])
+    assert all(len(c) == 1 for c in per_track.values())  # one name per track
+    assert {t["category_id"] for t in coco["tracks"]} <= set(names)
+
+
+def test_ray_engine_tracks_as_the_local_one(sequences, tmp_path, ray_cluster):
+    local = _track_job(sequences, tmp_path / "local").run(progress=False)
+    remote = _track_job(sequences, tmp_path / "ray").run("ray", workers=2, progress=False)
+    assert (remote.processed, remote.failures) == (local.processed, local.failures)
+    a, b = (json.loads((tmp_path / side / "annotations.json").read_text()) for side in ("local", "ray"))
+    assert a == b

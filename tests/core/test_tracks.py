@@ -3,6 +3,7 @@ latter checked by py-ctcmetrics (the CTC's own metrics: a result written by Trac
 score 1 against itself as ground truth)."""
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -135,3 +136,20 @@ def test_empty_frames_are_kept_with_empty_ids():
     assert tracks[0].ids.tolist() == [] and tracks.ids().tolist() == [2]
     assert tracks.spans() == {2: (1, 1)}
     assert tracks.to_label_stack()[0].max() == 0
+
+
+def test_vote_labels_gives_each_track_the_name_with_the_highest_summed_score():
+    tracks = Tracks.from_label_stack(hand_stack()[:3], {})  # ids 1 and 3 (3 absent on frame 2)
+    votes = {1: [("cat", 0.9), ("dog", 0.6), ("dog", 0.5)],  # dog 1.1 beats cat 0.9 though cat's best is higher
+             3: [(None, 0.8), ("cat", 0.3)]}                  # an unnamed frame votes too: None wins
+    frames = []
+    for t, frame in enumerate(tracks):
+        names = [votes[i][t][0] for i in frame.ids.tolist()]
+        scores = [votes[i][t][1] for i in frame.ids.tolist()]
+        frames.append(dataclasses.replace(frame, labels=names, label_scores=np.array(scores, np.float32)))
+    voted = Tracks(frames, tracks.lineage).vote_labels()
+    assert [dict(zip(f.ids.tolist(), f.labels)) for f in voted] == [{1: "dog", 3: None}, {1: "dog", 3: None}, {1: "dog"}]
+    np.testing.assert_allclose([s for f in voted for s in f.label_scores], [1.1 / 3, 0.8 / 2, 1.1 / 3, 0.8 / 2, 1.1 / 3], rtol=1e-6)
+    np.testing.assert_array_equal(voted[1].masks, tracks[1].masks)
+    unlabelled = Tracks.from_label_stack(hand_stack(), LINEAGE).vote_labels()
+    assert all(f.labels is None for f in unlabelled) and unlabelled.lineage == LINEAGE
