@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import unisam
+from unisam.cli import main
 from unisam_fiftyone.prelabel import MARK, prelabel_dataset
 
 OPTIONS = {"points_per_side": 8}
@@ -107,3 +108,36 @@ def test_a_killed_run_resumes_without_duplicates_or_gaps(dataset):
         np.testing.assert_allclose([d.confidence for d in dets], want.scores, rtol=1e-6)
     again = prelabel_dataset(dataset, "pre", progress=False, points_per_side=16)
     assert (again.processed, again.skipped) == (0, 12)
+
+
+def test_the_cli_prelabels_a_dataset_by_name(dataset, capsys):
+    """``unisam prelabel fiftyone:<name> --out <field>``: the ``fiftyone`` target found through its entry point."""
+    assert main(["prelabel", f"fiftyone:{dataset.name}", "--out", "pre", "--points-per-side", "8"]) == 0
+    assert f"wrote field 'pre' of fiftyone:{dataset.name}" in capsys.readouterr().out
+    for sample in dataset:
+        expected = unisam.segment_everything(sample.filepath, **OPTIONS)
+        np.testing.assert_allclose([d.confidence for d in sample["pre"].detections], expected.scores, rtol=1e-6)
+    assert main(["prelabel", f"fiftyone:{dataset.name}", "--out", "pre", "--points-per-side", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "0 images" in printed and "3 already done" in printed
+    assert main(["prelabel", f"fiftyone:{dataset.name}", "--out", "gt", "--points-per-side", "8"]) == 2
+    assert "unisam did not write" in capsys.readouterr().err
+    for argv, message in [(["fiftyone:no-such-dataset", "--out", "pre"], "no FiftyOne dataset named 'no-such-dataset'"),
+                          ([f"fiftyone:{dataset.name}", "--out", "a.b"], "not a field name"),
+                          ([f"fiftyone:{dataset.name}", "--out", "pre", "--format", "png"], "written back to its host"),
+                          ([f"fiftyone:{dataset.name}", "--out", "pre", "--shard-size", "0"], "shard_size must be >= 1"),
+                          (["nohost:thing", "--out", "pre"], "'nohost' is not a host (hosts: fiftyone")]:
+        assert main(["prelabel", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_the_cli_names_the_masks_in_the_dataset(dataset, clip_export, capsys):
+    vocabulary = ["bright disk", "dark background"]
+    assert main(["prelabel", f"fiftyone:{dataset.name}", "--out", "named", "--points-per-side", "8",
+                 "--vocabulary", ";".join(vocabulary), "--label-model", str(clip_export)]) == 0
+    for sample in dataset:
+        expected = unisam.segment_and_label(sample.filepath, vocabulary, label_model=str(clip_export), **OPTIONS)
+        dets = sample["named"].detections
+        assert [d.label for d in dets] == expected.labels
+        np.testing.assert_allclose([d.confidence for d in dets], expected.label_scores, rtol=1e-5)

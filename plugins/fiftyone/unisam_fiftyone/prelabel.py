@@ -7,6 +7,8 @@
     report = prelabel_dataset(dataset, "prelabels", points_per_side=16)
 
 Several processes share one job by each taking one shard (:func:`shard_of`) of the same samples.
+From the command line, ``unisam prelabel fiftyone:<dataset> --out <field>`` runs the same job
+(:func:`prelabel_target`, registered as the ``fiftyone`` prelabel target of the ``unisam`` command).
 
 Resumable: each written field holds the sha256 of the image it was made from (``unisam_sha256``); a
 re-run skips samples whose field is there for an unchanged image. An existing field that unisam did
@@ -43,20 +45,29 @@ class DatasetSource:
 
 class DetectionsSink:
     """Writes each image's instances into ``field`` of its sample (``fo.Detections``, masks cropped to
-    their boxes, confidence = predicted IoU, label = the class name when labeled)."""
+    their boxes, confidence = predicted IoU; when labeled, label = the class name, confidence = its
+    probability, as :func:`unisam_fiftyone.zoo.to_detections` writes them)."""
 
     format = "fiftyone"
 
     def __init__(self, samples: fo.core.collections.SampleCollection, field: str, shard_size: int = 16,
                  on_write: Callable[[int], None] | None = None) -> None:
         """``on_write``: called with the number of samples written after each batch is saved."""
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.samples, self.field, self.shard_size, self.on_write = samples, field, shard_size, on_write
 
     def __getstate__(self) -> dict[str, Any]:  # workers only encode: they get no dataset handle
         return {"shard_size": self.shard_size, "field": self.field}
 
     def encode(self, item: prelabel.Item, instances: unisam.Instances, categories: list[str]) -> bytes:
-        return prelabel.encode_coco(instances, categories)
+        """The instances as JSON: RLE masks, scores, and the labels when named."""
+        if not isinstance(instances, unisam.Instances):
+            raise ValueError("a FiftyOne dataset is prelabelled image by image; track videos with the "
+                             "'@unisam/unisam/track' operator")
+        scores = None if instances.label_scores is None else instances.label_scores.tolist()
+        return json.dumps({"size": instances.image_size, "rles": instances.to_rle(), "scores": instances.scores.tolist(),
+                           "labels": instances.labels, "label_scores": scores, "label_topk": instances.label_topk}).encode()
 
     def open(self, spec: dict, overwrite: bool) -> dict[str, str]:
         if self.samples.has_field(self.field):
@@ -75,10 +86,9 @@ class DetectionsSink:
         for sample in self.samples.select(list(by_id)).iter_samples(autosave=True):
             result = by_id[sample.id]
             record = json.loads(result["payload"])
-            anns = record["annotations"]
             instances = unisam.Instances.from_rle(
-                [a["segmentation"] for a in anns], [a["score"] for a in anns],
-                image_size=(record["height"], record["width"]),
+                record["rles"], record["scores"], image_size=tuple(record["size"]), labels=record["labels"],
+                label_scores=record["label_scores"], label_topk=record["label_topk"],
             )
             detections: fol.Detections = to_detections(instances)
             detections[MARK] = result["sha256"]
@@ -114,6 +124,21 @@ def prelabel_dataset(
         DetectionsSink(samples, field, on_write=on_write),
     )
     return job.run(engine, workers=workers, address=address, overwrite=overwrite, progress=progress)
+
+
+def prelabel_target(name: str, field: str, shard_size: int | None = None) -> tuple[DatasetSource, DetectionsSink]:
+    """The source and sink of ``unisam prelabel fiftyone:<name> --out <field>``: the image samples of
+    the dataset ``name`` in, their ``field`` out (``shard_size`` samples per database write, default 16)."""
+    if name not in fo.list_datasets():
+        known = ", ".join(fo.list_datasets()) or "none"
+        raise ValueError(f"no FiftyOne dataset named {name!r} (datasets: {known})")
+    dataset = fo.load_dataset(name)
+    if dataset.media_type != "image":
+        raise ValueError(f"dataset {name!r} holds {dataset.media_type} samples; prelabel takes images "
+                         "(track videos with the '@unisam/unisam/track' operator)")
+    if not field or "." in field or field.startswith("_"):
+        raise ValueError(f"{field!r} is not a field name for the labels (letters, digits, '_'; no '.')")
+    return DatasetSource(dataset), DetectionsSink(dataset, field, 16 if shard_size is None else shard_size)
 
 
 def shard_of(samples: fo.core.collections.SampleCollection, shard: int, shards: int) -> fo.core.view.DatasetView:
