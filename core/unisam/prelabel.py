@@ -26,12 +26,12 @@ unless ``address`` names one). Both give identical files.
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 import io
 import json
 import os
 import time
 import zipfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,12 +41,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .frames import TIFF_SUFFIXES, open_frames
+from .frames import IMAGE_SUFFIXES, TIFF_SUFFIXES, open_frames
 from .images import load_image
 from .instances import Instances
 from .tracks import Tracks
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg")
 MANIFEST = "manifest.jsonl"
 
@@ -411,7 +410,7 @@ class PngSink(_ManifestSink):
 
     def _store(self, batch: list[dict], number: int) -> None:
         for r in batch:
-            if r["payload"][:4] != b"PK\x03\x04":
+            if r["payload"][:4] != b"PK\x03\x04":  # one PNG, not a sequence's zip archive
                 path = self.out / "labels" / f"{r['key']}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 _write_atomic(path, r["payload"])
@@ -419,8 +418,11 @@ class PngSink(_ManifestSink):
             folder = self.out / "labels" / r["key"]
             folder.mkdir(parents=True, exist_ok=True)
             with zipfile.ZipFile(io.BytesIO(r["payload"])) as archive:
-                for name in archive.namelist():
+                names = archive.namelist()
+                for name in names:
                     _write_atomic(folder / name, archive.read(name))
+            for stale in {p.name for p in folder.iterdir()} - set(names):  # from a longer earlier version
+                (folder / stale).unlink()
         return None
 
 

@@ -247,11 +247,17 @@ def test_changed_frames_are_tracked_again(sequences, tmp_path):
     (root / "frames").mkdir(parents=True)
     for f in (sequences / "frames").iterdir():
         (root / "frames" / f.name).write_bytes(f.read_bytes())
-    assert _track_job(root, tmp_path / "out").run(progress=False).processed == 1
+    assert _track_job(root, tmp_path / "out", "png").run(progress=False).processed == 1
     frame = np.asarray(Image.open(root / "frames" / "002.png"))
     Image.fromarray(255 - frame).save(root / "frames" / "002.png")  # one frame edited: the sequence's hash changes
-    assert _track_job(root, tmp_path / "out").run(progress=False).processed == 1
-    assert _track_job(root, tmp_path / "out").run(progress=False).processed == 0
+    assert _track_job(root, tmp_path / "out", "png").run(progress=False).processed == 1
+    (root / "frames" / "005.png").unlink()  # the sequence gets shorter: no label PNG of the old last frame is left
+    assert _track_job(root, tmp_path / "out", "png").run(progress=False).processed == 1
+    labels = tmp_path / "out" / "labels" / "frames"
+    assert sorted(p.name for p in labels.iterdir()) == [f"{t:05d}.png" for t in range(5)]
+    written = np.stack([np.asarray(Image.open(labels / f"{t:05d}.png")) for t in range(5)])
+    np.testing.assert_array_equal(written, unisam.track(root / "frames", **TRACK_OPTIONS).to_label_stack())
+    assert _track_job(root, tmp_path / "out", "png").run(progress=False).processed == 0
 
 
 def test_track_step_is_checked_before_any_work(sequences, tmp_path):
