@@ -381,3 +381,7 @@ CORPUS: list[BadInput] = [
     command("unknown-model", "unknown model 'no-such-model'",
             lambda p, d: ["segment", str(p), "--point", "5,5", "--model", "no-such-model", "--out", str(d / "m.png")]),
 ]
+
+# the corpus's bad image files, each refused by every image door and by the CLI: what a host's
+# dataset, project or layer may hold
+IMAGE_FILES: list[BadInput] = [e for e in CORPUS if e.core is _image_core and e.cli is not None]

@@ -36,7 +36,7 @@ LABEL = "@unisam/unisam/label_masks"
 TRACK = "@unisam/unisam/track"
 EVERYTHING_PARAMS = dict(points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 BOX = [0.25, 0.2, 0.5, 0.6]  # relative x, y, w, h: inside every image
-FILES = [e for e in bad_inputs.CORPUS if e.core is bad_inputs._image_core and e.cli is not None]  # image files
+FILES = bad_inputs.IMAGE_FILES
 
 
 def _odd_but_valid(folder: Path) -> dict[str, Path]:
