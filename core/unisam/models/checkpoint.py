@@ -1,7 +1,9 @@
 """Strict, safe loading and saving of official-layout (flat) SAM-family state dicts.
 
 ``.pth``/``.pt`` files are read with ``torch.load(weights_only=True)`` (no arbitrary pickles);
-``.safetensors`` files with safetensors. Every parameter and buffer of the model must be present with
+``.safetensors`` files with safetensors; TorchScript archives (OpenAI publishes CLIP so) with
+``torch.jit.load`` on the CPU, whose deserializer builds TorchScript's own types only (no Python pickle),
+and only their tensors are kept. Every parameter and buffer of the model must be present with
 the right shape; keys the file has but the model does not use are reported and logged.
 
 Unreadable files raise ``ValueError`` with a message, not the loader's traceback: a pickle that refers
@@ -44,7 +46,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The flat ``{key: tensor}`` mapping stored in ``path``.
 
     Accepts a flat state dict or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}`` (training
-    checkpoints); refuses pickled objects other than tensors and plain containers. Raises
+    checkpoints), or a TorchScript archive (its ``state_dict()``); refuses pickled objects other than
+    tensors and plain containers. Raises
     ``WeightsNotFoundError`` for a missing file and ``ValueError`` for one that cannot be read safely.
     """
     path = Path(path)
@@ -58,6 +61,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises its own SafetensorError (an Exception)
             message = f"{path} could not be read as a safetensors file; it may be truncated or corrupt ({exc})"
             raise ValueError(message) from None
+    if is_torchscript_archive(path):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except Exception as exc:  # torch raises RuntimeError and others on a damaged archive
+            detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+            raise ValueError(f"{path} could not be read as a TorchScript archive; it may be truncated or corrupt ({detail})") from None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
@@ -91,6 +102,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if bad:
         raise ValueError(f"{path}: {len(bad)} entries are not tensors: {_head(bad)}")
     return data
+
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript zip archive (``torch.jit.save``; it holds a ``constants.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _unpickling_detail(exc: Exception) -> str:

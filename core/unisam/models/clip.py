@@ -36,19 +36,24 @@ from torch.nn import functional as F
 
 from ..registry import CLIP_FORMAT, CLIP_MERGES_FILE
 from ..weights import sha256_file
-from .checkpoint import load_checkpoint
+from .checkpoint import is_torchscript_archive, load_checkpoint
 
 
 
 def build_open_clip(arch: str, weights: str | Path | None = None) -> nn.Module:
-    """open_clip's model ``arch`` (random weights), then ``weights`` loaded strictly and safely (a
-    state dict as open_clip saves it: ``.bin`` / ``.pt`` read with ``weights_only=True``, or
-    ``.safetensors``). Raises ``ValueError`` for an unknown ``arch`` or a file of another layout."""
+    """open_clip's model ``arch`` (random weights), then ``weights`` loaded strictly and safely: a
+    state dict as open_clip saves it (``.bin`` / ``.pt`` read with ``weights_only=True``, or
+    ``.safetensors``), or a TorchScript archive as OpenAI publishes CLIP (``ViT-B-32.pt``; read with
+    ``torch.jit.load``, its float16 tensors loaded as float32). OpenAI's models use QuickGELU, so for
+    an archive the model is built with it, as ``open_clip.load_openai_model`` builds them. Raises
+    ``ValueError`` for an unknown ``arch`` or a file of another layout."""
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
-    model = open_clip.create_model(arch, pretrained=None, device="cpu")
+    openai = weights is not None and is_torchscript_archive(weights)
+    model = open_clip.create_model(arch, pretrained=None, device="cpu", force_quick_gelu=openai)
     if weights is not None:
-        load_checkpoint(model, weights, what=f"open_clip {arch!r}")
+        what = f"open_clip {arch!r}" + (" with QuickGELU (an OpenAI CLIP archive)" if openai else "")
+        load_checkpoint(model, weights, what=what)
     return model.eval()
 
 
