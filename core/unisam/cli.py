@@ -15,7 +15,7 @@ from PIL import Image
 from . import api, hub
 from .runtime.everything import EverythingParams
 from .track import LINK_OPTIONS
-from .registry import get_card, get_label_card, list_label_models, list_models
+from .registry import get_card, get_label_card, list_label_models, list_models, require_license
 from .train.commands import add_commands as add_training_commands
 from .weights import WeightsNotFoundError, cache_dir, resolve_weight
 
@@ -221,12 +221,14 @@ def cmd_weights_list(args) -> None:
     for name in list_label_models():
         card = get_label_card(*name.split("/", 1))
         mark = "cached " if (cache_dir() / card.weights.filename).is_file() else "missing"
-        print(f"  {name:<34} {mark} {card.license:<4} {card.description}")
+        licence = f"{card.license} (opt-in: {card.license_url})" if card.opt_in else card.license
+        print(f"  {name:<34} {mark} {licence:<4} {card.description}")
 
 
 def cmd_weights_pull(args) -> None:
     if "/" in args.model:  # a label model: open_clip's arch/pretrained
         label_card = get_label_card(*args.model.split("/", 1))
+        require_license(label_card, args.accept_license)
         path = resolve_weight(label_card.weights, download=True, model=label_card.name)
         print(f"{label_card.name}: {path} (sha256 verified; licence {label_card.license})")
         return
@@ -325,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pull = wsub.add_parser("pull", help="download a model's files into the cache (sha256-verified)")
     pull.add_argument("model")
+    pull.add_argument("--accept-license", default=None, metavar="LICENCE",
+                      help="accept this non-permissive licence of a label model's weights (e.g. apple-amlr)")
     pull.set_defaults(func=cmd_weights_pull)
 
     add_training_commands(sub)  # train | distill | evaluate | recipe (torch extra)

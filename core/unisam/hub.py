@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .registry import (
     BUNDLED_MODEL, DEFAULT_LABEL_MODEL, ModelCard, get_card, get_label_card, list_label_models, list_models, read_export,
+    require_license,
 )
 from .runtime.cache import DiskEmbeddingCache
 from .runtime.clip import ClipModel
@@ -201,14 +202,18 @@ def load_label_model(
     weights: str | Path | None = None,
     download: bool = True,
     threads: int | None = None,
+    accept_license: str | None = None,
 ) -> ClipModel:
     """A new :class:`ClipModel` (for :func:`unisam.label`) by open_clip's names.
 
     ``arch``: an open_clip architecture (``open_clip.list_models()``), or a directory written by
     ``unisam.models.clip.export_clip``. ``pretrained``: an open_clip pretrained tag with registered
     weights (``unisam.registry.list_label_models()``), downloaded once (``download=False``: only the
-    cache) into the cache directory and checked against its sha256. ``weights``: your own open_clip
-    state dict (``.bin``/``.pt`` read with ``torch.load(weights_only=True)``, or ``.safetensors``).
+    cache) into the cache directory and checked against its sha256. Weights under a licence that is
+    not permissive (``card.opt_in``) are neither downloaded nor used unless ``accept_license`` names
+    it (or ``$UNISAM_ACCEPT_LICENSES`` lists it): :class:`unisam.registry.LicenseNotAcceptedError`
+    otherwise. ``weights``: your own open_clip state dict (``.bin``/``.pt`` read with
+    ``torch.load(weights_only=True)``, or ``.safetensors``) or an OpenAI CLIP TorchScript archive.
     A checkpoint is exported to ONNX once (needs the ``clip`` extra: torch and open_clip) and cached
     under ``onnx-clip/<arch>-<sha256[:12]>``; later loads need neither torch nor open_clip. Text
     embeddings are cached under ``text-embeddings/``.
@@ -228,6 +233,7 @@ def load_label_model(
         name = arch
     elif pretrained is not None:
         card = get_label_card(arch, pretrained)
+        require_license(card, accept_license)
         checkpoint = resolve_weight(card.weights, download=download, model=card.name)
         name = card.name
     else:

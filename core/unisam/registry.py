@@ -6,6 +6,7 @@ Pure Python (no torch, no onnxruntime) so that every layer of unisam can read a 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,18 +301,51 @@ CLIP_MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"  # CLIP's BPE merges, copied b
 @dataclass(frozen=True)
 class LabelModelCard:
     """An open_clip model with published weights: ``arch`` and ``pretrained`` are open_clip's names
-    (``open_clip.create_model(arch, pretrained=pretrained)``), ``weights`` the state-dict file on the
-    Hugging Face Hub that open_clip downloads for them, ``license`` the weights' licence."""
+    (``open_clip.create_model(arch, pretrained=pretrained)``), ``weights`` the file its publisher
+    serves (an open_clip state dict, or OpenAI's TorchScript archive for ``pretrained="openai"``),
+    ``license`` the weights' licence and ``license_url`` where to read it. Weights under a licence
+    outside :data:`PERMISSIVE_LICENSES` are used only once accepted (:func:`require_license`)."""
 
     arch: str
     pretrained: str
     weights: WeightFile
     license: str
     description: str
+    license_url: str | None = None
 
     @property
     def name(self) -> str:
         return f"{self.arch}/{self.pretrained}"
+
+    @property
+    def opt_in(self) -> bool:
+        """True when the licence is not a permissive one: the weights need :func:`require_license`."""
+        return self.license not in PERMISSIVE_LICENSES
+
+
+PERMISSIVE_LICENSES = frozenset({"MIT", "Apache-2.0", "BSD-2-Clause", "BSD-3-Clause"})
+ACCEPT_LICENSES_ENV = "UNISAM_ACCEPT_LICENSES"  # comma-separated licence names the user accepts
+
+
+class LicenseNotAcceptedError(PermissionError):
+    """A label model's weights are under a non-permissive licence that the user has not accepted."""
+
+
+def require_license(card: LabelModelCard, accept_license: str | None = None) -> None:
+    """Return if ``card``'s weights may be downloaded and used: a permissive licence, or its name
+    given as ``accept_license`` or listed in ``$UNISAM_ACCEPT_LICENSES`` (comma-separated); raise
+    :class:`LicenseNotAcceptedError` saying which licence, where to read it and how to opt in otherwise."""
+    if not card.opt_in:
+        return
+    accepted = {name.strip() for name in os.environ.get(ACCEPT_LICENSES_ENV, "").split(",")} | {accept_license}
+    if card.license in accepted:
+        return
+    where = card.license_url or "the publisher's page"
+    raise LicenseNotAcceptedError(
+        f"the weights of {card.name} are under the {card.license!r} licence, not a permissive one: read it at "
+        f"{where}; to accept it pass accept_license={card.license!r} (unisam.load_label_model), "
+        f"--accept-license {card.license} (unisam weights pull) or set {ACCEPT_LICENSES_ENV}={card.license}"
+    )
 
 
 _LABEL_REGISTRY: dict[tuple[str, str], LabelModelCard] = {}
@@ -375,5 +409,26 @@ register_label_model(
         ),
         license="MIT",
         description="OpenCLIP ConvNeXt-Base (wide) trained on LAION-2B, 256 px, 70.8% ImageNet zero-shot (LAION)",
+        license_url="https://huggingface.co/laion/CLIP-convnext_base_w-laion2B-s13B-b82K",
     )
 )
+
+# OpenAI's own CLIP releases: TorchScript archives whose URL holds their SHA-256 (OpenAI's `clip` package
+# checks the download against it; open_clip lists the same URLs for pretrained="openai")
+_OPENAI_CLIP = "https://openaipublic.azureedge.net/clip/models/"
+
+
+def _openai_clip(arch: str, title: str, sha256: str, accuracy: float) -> LabelModelCard:
+    return LabelModelCard(
+        arch=arch,
+        pretrained="openai",
+        weights=WeightFile(f"openai-clip-{arch}.pt", f"{_OPENAI_CLIP}{sha256}/{arch}.pt", sha256, None),
+        license="MIT",
+        description=f"OpenAI's CLIP {title} as OpenAI released it (TorchScript, QuickGELU), 224 px, {accuracy}% "
+        "ImageNet zero-shot; MIT per OpenAI's CLIP repository, whose model card puts deployed use out of scope",
+        license_url="https://github.com/openai/CLIP/blob/main/LICENSE",
+    )
+
+
+register_label_model(_openai_clip("ViT-B-32", "ViT-B/32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", 63.2))
+register_label_model(_openai_clip("ViT-B-16", "ViT-B/16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", 68.3))
