@@ -22,23 +22,9 @@ def clip_reference(tmp_path_factory) -> Path:
     torchvision + open_clip, which cannot share this venv's torch 2.13; .ci/setup-clip.sh builds it).
     Returns the folder: ``<arch>.npz``, ``<arch>.pt`` and ``cache/`` (a UNISAM_CACHE_DIR holding the
     exports)."""
-    import os
-    import subprocess
-    import sys
+    from clip_venv import run_clip_script
 
-    root = Path(__file__).resolve().parents[1]
-    python = Path(os.environ.get("UNISAM_CLIP_PYTHON", root / ".venv-clip" / "bin" / "python"))
-    if not python.is_file():
-        pytest.fail(f"no CLIP virtualenv at {python}: run `bash .ci/setup-clip.sh` (or set UNISAM_CLIP_PYTHON)")
-    out = tmp_path_factory.mktemp("clip-reference")
-    done = subprocess.run(
-        [str(python), str(root / "tests" / "clip" / "make_reference.py"), str(out)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    if done.returncode:
-        sys.stderr.write(done.stderr[-4000:])
-        pytest.fail(f"tests/clip/make_reference.py failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    return out
+    return run_clip_script("make_reference.py", tmp_path_factory.mktemp("clip-reference"))
 
 
 @pytest.fixture(scope="session")
