@@ -430,5 +430,9 @@ def _openai_clip(arch: str, title: str, sha256: str, accuracy: float) -> LabelMo
     )
 
 
-register_label_model(_openai_clip("ViT-B-32", "ViT-B/32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", 63.2))
-register_label_model(_openai_clip("ViT-B-16", "ViT-B/16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", 68.3))
+register_label_model(
+    _openai_clip("ViT-B-32", "ViT-B/32", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af", 63.2)
+)
+register_label_model(
+    _openai_clip("ViT-B-16", "ViT-B/16", "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f", 68.3)
+)

@@ -138,3 +138,28 @@ def test_research_only_weights_need_their_licence_accepted_by_name(in_reference_
     monkeypatch.delenv(registry.ACCEPT_LICENSES_ENV)
     downloaded.unlink()
     assert main(["weights", "pull", card.name, "--accept-license", "apple-amlr"]) == 0 and downloaded.is_file()
+
+
+def test_a_torchscript_archive_gives_its_tensors_and_a_damaged_one_a_clear_error(tmp_path):
+    import zipfile
+
+    import torch
+
+    from unisam.models.checkpoint import is_torchscript_archive, read_state_dict
+
+    layer = torch.nn.Linear(3, 2).half()
+    good = tmp_path / "archive.pt"
+    torch.jit.script(layer).save(str(good))
+    state = read_state_dict(good)
+    assert is_torchscript_archive(good) and set(state) == {"weight", "bias"}
+    torch.testing.assert_close(state["weight"], layer.weight.detach())
+    plain = tmp_path / "state.pt"
+    torch.save(layer.state_dict(), plain)
+    assert not is_torchscript_archive(plain)
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(damaged, "w") as out:
+        for item in source.infolist():
+            data = source.read(item)
+            out.writestr(item, data[: len(data) // 2] if item.filename.endswith("/data.pkl") else data)
+    with pytest.raises(ValueError, match="could not be read as a TorchScript archive"):
+        read_state_dict(damaged)

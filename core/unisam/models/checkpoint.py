@@ -68,7 +68,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         except Exception as exc:  # torch raises RuntimeError and others on a damaged archive
             detail = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-            raise ValueError(f"{path} could not be read as a TorchScript archive; it may be truncated or corrupt ({detail})") from None
+            message = f"{path} could not be read as a TorchScript archive; it may be truncated or corrupt ({detail})"
+            raise ValueError(message) from None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
