@@ -5,7 +5,10 @@ lines logs, tqdm progress).
 Every step is a pure function of ``(seed, step)``: the images of a step come from a seeded
 permutation of the dataset per epoch, the instances of an image from ``(seed, epoch, index)`` and
 the prompts from a generator seeded by ``(seed, step)``. A checkpoint therefore only needs the
-model, the optimizer and the step to continue exactly where an uninterrupted run would be.
+model, the optimizer and the step to continue exactly where an uninterrupted run would be. The
+steps run with ``torch.use_deterministic_algorithms(True)`` (:func:`deterministic`): on the CPU the
+backward of advanced indexing otherwise accumulates with atomic adds in parallel, and two runs of
+one seed then drift apart by rounding.
 
 Output folder: ``checkpoint.pt`` (model + optimizer + step + RNG state, resumable), ``log.jsonl``
 (one record per logged step and per validation), ``model.safetensors`` + ``arch.json`` (the trained
@@ -17,7 +20,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -530,6 +534,17 @@ def _finish(model: Sam, train_modules: list[nn.Module], out: Path, config: LoopC
     return summary
 
 
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """PyTorch's deterministic algorithms for the block, the caller's setting restored after it."""
+    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
 def run_loop(
     model: Sam,
     params: list[nn.Parameter],
@@ -577,7 +592,8 @@ def run_loop(
     val: dict[str, float] = {}
     bar = tqdm(range(start, end), desc=desc, initial=start, total=config.steps, disable=not progress, leave=False)
     for step in bar:
-        losses, lr = _optimizer_step(params, optimizer, loss_fn, config, step, train_modules)
+        with deterministic():
+            losses, lr = _optimizer_step(params, optimizer, loss_fn, config, step, train_modules)
         log.add(losses)
         done = step + 1
         if done % config.log_every == 0 or done == end:
