@@ -178,23 +178,10 @@ class Track:
     options: dict[str, Any] = field(default_factory=dict)
     sequences: ClassVar[bool] = True
 
-    def _split(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        from .runtime.everything import EverythingParams
-        from .track import LINK_OPTIONS
-
-        unknown = sorted(set(self.options) - set(EverythingParams.names()) - set(LINK_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown tracking option(s) {unknown}; known: {sorted([*EverythingParams.names(), *LINK_OPTIONS])}")
-        linking = {k: v for k, v in self.options.items() if k in LINK_OPTIONS}
-        return {k: v for k, v in self.options.items() if k not in linking}, linking
-
     def check(self) -> None:
-        from .api import everything_defaults
-        from .runtime.linking import link
+        from .track import check_automatic_options
 
-        everything, linking = self._split()
-        everything_defaults(None if self.weights else self.model).replace(**everything)
-        link([], None, **linking)  # checks the linking values
+        check_automatic_options(self.options, None if self.weights else self.model)
 
     def load(self, threads: int | None):
         from .hub import load_model

@@ -89,6 +89,16 @@ def track(
             frames.close()
 
 
+def check_automatic_options(options: dict[str, Any], model: ModelArg = None) -> dict[str, dict[str, Any]]:
+    """Automatic mode's ``options`` (segment-everything ones for ``model``, linking ones) checked
+    before any frame is read, as ``{"everything": {...}, "link": {...}}``; a bad name or value is a
+    ``ValueError``."""
+    split = _split(options, "automatic tracking", link=LINK_OPTIONS, everything=EverythingParams.names())
+    everything_defaults(model).replace(**split["everything"])
+    link([], None, **split["link"])
+    return split
+
+
 def _automatic(frames: Frames, model: ModelArg, instances, options: dict[str, Any], report: _Progress) -> Tracks:
     n = len(frames)
     if instances is None:
