@@ -16,8 +16,9 @@ Per image: box-prompt mIoU (one box per reference object) and centre-click mIoU 
 point deepest inside each object), on the whole image and in tiles (``tiles=True``), and
 segment-everything recall and precision at IoU 0.5 (a reference object is found when some mask
 overlaps it at IoU >= 0.5; precision = found objects / masks returned, so duplicates count against
-it) with each configuration of ``EVERYTHING``: the model's defaults, tiles, and ``object_size``
-(the references' median diameter) with the ``DENSE`` thresholds. Images go in as they are read (uint16 frames too), so
+it) with each configuration of ``EVERYTHING``: the model's defaults, tiles, ``object_size``
+(the references' median diameter) with the ``DENSE`` thresholds, and the watershed mode on the same
+crops (models with an instance head). Images go in as they are read (uint16 frames too), so
 :func:`unisam.images.load_image` stretches each between its 0.5 and 99.5 percentiles, as it does for
 napari's slices; the table below the main one compares that with one stretch per stack and with the
 float path (``skimage.util.img_as_float``). Images without a reference get a click at a hand-chosen
@@ -75,12 +76,16 @@ class RealImage:
 
 # thresholds for dense small objects with object_size: chosen on coins and HeLa t=0 (the other rows check them)
 DENSE = {"pred_iou_thresh": 0.35, "stability_score_thresh": 0.85, "mask_nms_thresh": 0.3}
+# seed threshold of the watershed mode (predicted distance to the edge, 0-1)
+WATERSHED_SEED = 0.3
 # segment-everything configurations: an image -> options of unisam.segment_everything, four columns each;
 # object_size is the references' median diameter, as a user would estimate it by eye
 EVERYTHING: dict[str, Callable[[RealImage], dict[str, Any]]] = {
     "defaults": lambda real: {},
     "tiles": lambda real: {"tiles": True, "points_per_side": 16},
     "object_size": lambda real: {"object_size": real.object_size, **DENSE},
+    # the watershed mode (models with an instance head): the same crops, no point grid
+    "watershed": lambda real: {"object_size": real.object_size, "watershed_seed_thresh": WATERSHED_SEED},
 }
 
 
@@ -234,10 +239,12 @@ def main() -> None:
     frames = [int(t) for t in args.frames.split(",")]
 
     model = unisam.get_model(args.model)
+    configs = {name: options for name, options in EVERYTHING.items() if name != "watershed" or model.has_instance_head}
     print(f"model: {model.name}; segment-everything: defaults = {unisam.everything_defaults(model).to_dict()}; "
-          f"tiles = tiles=True, points_per_side=16; object_size = the objects' median diameter and {DENSE}")
+          f"tiles = tiles=True, points_per_side=16; object_size = the objects' median diameter and {DENSE}; watershed = the same crops and "
+          f"watershed_seed_thresh={WATERSHED_SEED}")
     head = ["image", "size", "objects", "box", "box tiled", "centre", "centre tiled"]
-    head += [f"{c} {what}" for c in EVERYTHING for what in ("recall", "precision", "masks", "s")]
+    head += [f"{c} {what}" for c in configs for what in ("recall", "precision", "masks", "s")]
     print("| " + " | ".join(head) + " |")
     print("| --- " + "| ---: " * (len(head) - 1) + "|")
     for real in real_images(frames):
@@ -245,7 +252,7 @@ def main() -> None:
         box_t, centre_t = prompt_miou(real, model, tiles=True)
         cells = [real.name, "x".join(map(str, real.labels.shape)), str(real.labels.max())]
         cells += [f"{v:.3f}" for v in (box, box_t, centre, centre_t)]
-        for options in EVERYTHING.values():
+        for options in configs.values():
             recall, precision, n, seconds = everything_scores(real, model, options(real))
             cells += [f"{recall:.2f}", f"{precision:.2f}", str(n), f"{seconds:.1f}"]
         print("| " + " | ".join(cells) + " |", flush=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .registry import (
-    BUNDLED_MODEL, DEFAULT_LABEL_MODEL, ModelCard, get_card, get_label_card, list_label_models, list_models, read_export,
+    BUNDLED_MODEL, DEFAULT_LABEL_MODEL, INSTANCE_HEAD_FILE, ModelCard, get_card, get_label_card, list_label_models, list_models, read_export,
     require_license,
 )
 from .runtime.cache import DiskEmbeddingCache
@@ -177,6 +177,9 @@ def _from_onnx_dir(directory: Path, name: str | None, threads: int | None, disk)
     spec, meta = read_export(directory)
     encoder_sha = meta.get("encoder_sha256") or sha256_file(directory / "encoder.onnx")
     label = name or meta.get("name") or directory.name
+    head = directory / INSTANCE_HEAD_FILE
+    if head.is_file() and meta.get("instances_sha256") not in (None, sha256_file(head)):
+        raise ValueError(f"{head}: its sha256 is not the instances_sha256 of {directory / 'model.json'} (a head of another model?)")
     return Predictor(
         directory / "encoder.onnx",
         directory / "decoder.onnx",
@@ -185,6 +188,7 @@ def _from_onnx_dir(directory: Path, name: str | None, threads: int | None, disk)
         name=label,
         threads=threads,
         disk_cache=disk,
+        instance_head=head if head.is_file() else None,
     )
 
 

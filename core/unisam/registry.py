@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 ONNX_FORMAT = "unisam-onnx-v1"  # the "format" of a model.json written by `unisam export`
+INSTANCE_HEAD_FILE = "instances.onnx"  # optional in an export folder: the instance head (watershed mode)
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 

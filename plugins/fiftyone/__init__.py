@@ -837,9 +837,7 @@ def _everything_inputs(inputs: types.Object, model: str) -> dict:
     props = {}
     for option in EVERYTHING_OPTIONS:
         add = inputs.int if option.kind is int else inputs.float
-        bounds = {"min": 1 if option.name == "points_per_side" else 0}
-        if option.kind is float:
-            bounds["max"] = 1
+        bounds = {"min": option.minimum} | ({"max": option.maximum} if option.maximum is not None else {})
         label = option.name.replace("_", " ").replace("thresh", "threshold").capitalize()
         props[option.name] = add(
             option.name, default=getattr(defaults, option.name), label=label, description=option.help, **bounds

@@ -223,8 +223,12 @@ def test_options_are_one_dataclass_with_names_types_and_help():
     params = EverythingParams()
     assert params.points_per_side == 32 and params.pred_iou_thresh == 0.88  # SAM's defaults
     assert EverythingParams.names(common_only=True) == [
-        "points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area"
+        "points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_mask_region_area",
+        "object_size", "watershed_seed_thresh",
     ]
+    bounds = {o.name: (o.minimum, o.maximum) for o in EverythingParams.options()}
+    assert bounds["points_per_side"] == (1, 64) and bounds["pred_iou_thresh"] == (0, 1)
+    assert bounds["object_size"] == (0, None) and bounds["watershed_seed_thresh"] == (0, 1)
     assert all(o.help and o.kind in (int, float) for o in EverythingParams.options())
     changed = params.replace(points_per_side=np.int64(8), pred_iou_thresh=1)
     assert changed.points_per_side == 8 and type(changed.points_per_side) is int

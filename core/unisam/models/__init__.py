@@ -6,7 +6,7 @@ dict; ``export_onnx`` writes the encoder/decoder graphs that the NumPy + onnxrun
 """
 
 from .checkpoint import LoadReport, load_checkpoint, save_checkpoint
-from .export import ExportedPaths, export_onnx
+from .export import ExportedPaths, export_instance_head, export_onnx
 from .sam import Sam, build_sam
 
-__all__ = ["ExportedPaths", "LoadReport", "Sam", "build_sam", "export_onnx", "load_checkpoint", "save_checkpoint"]
+__all__ = ["ExportedPaths", "LoadReport", "Sam", "build_sam", "export_instance_head", "export_onnx", "load_checkpoint", "save_checkpoint"]

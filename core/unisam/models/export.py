@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..registry import ONNX_FORMAT, ArchSpec
+from ..registry import INSTANCE_HEAD_FILE, ONNX_FORMAT, ArchSpec, read_export
 from ..weights import sha256_file
 from .fuse import fuse_for_inference
 from .mask_decoder import MaskDecoder
@@ -293,3 +293,31 @@ def _export_graphs(
             "low_res_masks": {0: "num_prompts"},
         }
         _export(decoder, example, paths.decoder, DECODER_INPUTS, DECODER_OUTPUTS, dynamic, opset)
+
+
+
+def export_instance_head(
+    head: nn.Module, out_dir: str | Path, *, opset: int = 17, overwrite: bool = False, info: dict | None = None
+) -> Path:
+    """Write ``head`` (:class:`~unisam.models.instance_head.InstanceHead`) as ``instances.onnx`` into the
+    export folder ``out_dir`` (one written by :func:`export_onnx`) and its sha256 as ``instances_sha256``
+    into ``model.json``. Graph: ``image_embeddings`` ``(1, C, S/16, S/16)`` -> ``maps`` ``(1, 2, S/4,
+    S/4)`` logits. ``info`` (e.g. how the head was trained) goes into ``model.json`` as ``instance_head``.
+    An existing head is replaced only with ``overwrite``. Returns the file's path."""
+    out_dir = Path(out_dir)
+    spec, meta = read_export(out_dir)
+    path = out_dir / INSTANCE_HEAD_FILE
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    side = spec.embedding_size
+    was_training = head.training
+    head.eval()
+    try:
+        _export(head, (torch.zeros(1, spec.embedding_chans, side, side),), path, ["image_embeddings"], ["maps"], {}, opset)
+    finally:
+        head.train(was_training)
+    meta["instances_sha256"] = sha256_file(path)
+    if info is not None:
+        meta["instance_head"] = info
+    (out_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path

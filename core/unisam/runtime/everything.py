@@ -13,6 +13,9 @@ the crop layers and the grid with ones made for that size (:func:`object_crops`)
 overlapping by two object sizes, with a grid point every ``POINT_SPACING`` object sizes (about four
 points on each object); ``mask_nms_thresh`` removes the near-duplicates that box NMS misses on small
 objects (a few pixels' difference moves a small box's IoU below 0.7).
+
+``watershed_seed_thresh`` > 0 swaps the point grid for the watershed mode of
+:mod:`unisam.runtime.watershed` (models with an instance head; same crops).
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ def _inclusive_boxes(masks: np.ndarray) -> np.ndarray:
     return masks_to_boxes(masks) - _TO_PIXEL_EDGES
 
 
-def _option(default: float, help: str, common: bool = False) -> Any:
-    return field(default=default, metadata={"help": help, "common": common})
+def _option(default: float, help: str, common: bool = False, minimum: float = 0, maximum: float | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "common": common, "minimum": minimum, "maximum": maximum})
 
 
 class MaskPredictor(Protocol):
@@ -78,14 +81,17 @@ class MaskPredictor(Protocol):
 
 @dataclass(frozen=True)
 class Option:
-    """One option of :class:`EverythingParams`: its type, SAM's default, what it does, and whether hosts
-    show it in their forms (``common``)."""
+    """One option of :class:`EverythingParams`: its type, SAM's default, what it does, whether hosts
+    show it in their forms (``common``), and the range a form should offer (``maximum`` None: no
+    upper bound)."""
 
     name: str
     kind: type
     default: float
     help: str
     common: bool
+    minimum: float = 0
+    maximum: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,27 +102,37 @@ class EverythingParams:
     what each does. :func:`unisam.everything_defaults` gives a model's own defaults.
     """
 
-    points_per_side: int = _option(32, "grid points per side of each crop", common=True)
-    points_per_batch: int = _option(64, "points decoded in one decoder call")
-    pred_iou_thresh: float = _option(0.88, "keep masks whose predicted IoU is above this", common=True)
+    points_per_side: int = _option(32, "grid points per side of each crop", common=True, minimum=1, maximum=64)
+    points_per_batch: int = _option(64, "points decoded in one decoder call", minimum=1)
+    pred_iou_thresh: float = _option(0.88, "keep masks whose predicted IoU is above this", common=True, maximum=1)
     stability_score_thresh: float = _option(
-        0.95, "keep masks whose IoU between logit cut-offs +offset and -offset is at least this", common=True
+        0.95, "keep masks whose IoU between logit cut-offs +offset and -offset is at least this", common=True,
+        maximum=1,
     )
     stability_score_offset: float = _option(1.0, "the logit offset of the stability score")
-    box_nms_thresh: float = _option(0.7, "box IoU above which two masks of one crop are one object", common=True)
+    box_nms_thresh: float = _option(0.7, "box IoU above which two masks of one crop are one object", common=True,
+                                   maximum=1)
     crop_n_layers: int = _option(0, "layers of smaller crops besides the whole image (layer i: 4**i crops)")
-    crop_nms_thresh: float = _option(0.7, "box IoU above which masks of different crops are one object")
-    crop_overlap_ratio: float = _option(512 / 1500, "overlap of first-layer crops, a fraction of the short side")
-    crop_n_points_downscale_factor: int = _option(1, "layer i uses points_per_side / factor**i points a side")
+    crop_nms_thresh: float = _option(0.7, "box IoU above which masks of different crops are one object", maximum=1)
+    crop_overlap_ratio: float = _option(512 / 1500, "overlap of first-layer crops, a fraction of the short side",
+                                         maximum=1)
+    crop_n_points_downscale_factor: int = _option(1, "layer i uses points_per_side / factor**i points a side",
+                                                  minimum=1)
     min_mask_region_area: int = _option(
         0, "fill holes and drop islands smaller than this (pixels); 0 = off", common=True
     )
     object_size: float = _option(
         0.0, "typical object diameter (pixels): crops and grid made for objects of that size (dense nuclei, "
-        "cells) instead of points_per_side and crop layers; 0 = off"
+        "cells) instead of points_per_side and crop layers; 0 = off", common=True,
     )
     mask_nms_thresh: float = _option(
-        0.0, "mask IoU above which two masks are one object (after box NMS; 0.3 suits dense small objects); 0 = off"
+        0.0, "mask IoU above which two masks are one object (after box NMS; 0.3 suits dense small objects); 0 = off",
+        maximum=1,
+    )
+    watershed_seed_thresh: float = _option(
+        0.0, "> 0: objects from the model's instance head and a seeded watershed instead of the point grid "
+        "(seeds where the predicted distance to the object's edge, 0-1, is above this; 0.3 suits nuclei); "
+        "the grid's options then do nothing; 0 = off", common=True, maximum=1,
     )
 
     def __post_init__(self) -> None:
@@ -133,6 +149,8 @@ class EverythingParams:
             raise ValueError("crop_n_layers must be >= 0 and crop_n_points_downscale_factor >= 1")
         if self.object_size < 0 or not 0 <= self.mask_nms_thresh <= 1:
             raise ValueError("object_size must be >= 0 (0 = off) and mask_nms_thresh within [0, 1] (0 = off)")
+        if not 0 <= self.watershed_seed_thresh < 1:
+            raise ValueError("watershed_seed_thresh must be within [0, 1) (0 = off)")
         if self.points_per_side // self.crop_n_points_downscale_factor**self.crop_n_layers < 1:
             raise ValueError(
                 f"crop layer {self.crop_n_layers} would get no points: points_per_side={self.points_per_side} / "
@@ -143,7 +161,8 @@ class EverythingParams:
     def options(cls, common_only: bool = False) -> list[Option]:
         """The options in declaration order (only those hosts show in their forms, if asked)."""
         found = [
-            Option(f.name, int if f.type in ("int", int) else float, f.default, f.metadata["help"], f.metadata["common"])
+            Option(f.name, int if f.type in ("int", int) else float, f.default, f.metadata["help"], f.metadata["common"],
+                   f.metadata["minimum"], f.metadata["maximum"])
             for f in fields(cls)
         ]
         return [o for o in found if o.common or not common_only]
@@ -177,12 +196,16 @@ def segment_everything(
     :class:`EverythingParams`. Per crop: a grid of single-point prompts, masks filtered by predicted IoU,
     stability and crop edges, box NMS within and across crops (smaller crops win), optional mask NMS
     (``mask_nms_thresh``), then optional small-region cleaning. ``object_size`` > 0 replaces the crop
-    layers and grids by :func:`object_crops`. Empty masks are always dropped. ``progress``: a tqdm bar
+    layers and grids by :func:`object_crops`. ``watershed_seed_thresh`` > 0 replaces the point grid by
+    the model's instance head (:mod:`unisam.runtime.watershed`; scores are then mean foreground
+    probabilities). Empty masks are always dropped. ``progress``: a tqdm bar
     over decoder batches.
     """
     p = (params or EverythingParams()).replace(**changes)
     image = load_image(image)
     height, width = image.shape[:2]
+    if p.watershed_seed_thresh > 0:
+        return _watershed(image, predictor, p, progress)
     if p.object_size > 0:
         crops = object_crops((height, width), p.object_size)
     else:
@@ -210,6 +233,20 @@ def segment_everything(
         masks, boxes, scores = masks[keep], boxes[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")
     return Instances(masks=masks[order], boxes=boxes[order] + _TO_PIXEL_EDGES, scores=scores[order])
+
+
+def _watershed(image: np.ndarray, predictor: MaskPredictor, p: EverythingParams, progress: bool) -> Instances:
+    """The watershed mode (:mod:`unisam.runtime.watershed`) on the whole image or the object crops."""
+    from .watershed import MIN_AREA, MIN_AREA_FRACTION, watershed_instances
+
+    height, width = image.shape[:2]
+    if p.object_size > 0:
+        crops = [box for box, _ in object_crops((height, width), p.object_size)]
+        min_area = round(MIN_AREA_FRACTION * p.object_size**2)
+    else:
+        crops, min_area = [(0, 0, width, height)], MIN_AREA
+    return watershed_instances(image, predictor, crops, p.watershed_seed_thresh,
+                               max(min_area, p.min_mask_region_area), progress)
 
 
 def build_point_grid(n_per_side: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from ..images import image_digest, load_image
 from ..instances import Instances
 from ..prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, PAD, Prompt, make_prompt
-from ..registry import ArchSpec
+from ..registry import INSTANCE_HEAD_FILE, ArchSpec
 from .cache import DiskEmbeddingCache, Embedding, LRUCache
 from .session import Upscaler, create_session
 from .transforms import normalize_and_pad, resize_longest_side, scale_boxes, scale_coords
@@ -133,6 +133,7 @@ class Predictor:
         threads: int | None = None,
         cache: LRUCache | None = None,
         disk_cache: DiskEmbeddingCache | None = None,
+        instance_head: str | Path | None = None,
     ):
         self.spec = spec
         self.model_id = model_id
@@ -142,6 +143,7 @@ class Predictor:
         self._encoder = create_session(encoder, threads, arena=False)
         self._decoder = create_session(decoder, threads)
         self._upscale = Upscaler(threads)
+        self._instances = create_session(instance_head, threads) if instance_head is not None else None
         self._windows: dict[tuple, _WindowUpscaler] = {}
         self._encode_lock = threading.Lock()
         self.encoder_runs = 0  # how often the image encoder actually ran (cache misses)
@@ -288,6 +290,24 @@ class Predictor:
         )
         sel = slice(1, 4) if multimask and low_res.shape[1] == 4 else slice(0, 1)
         return low_res[:, sel], iou[:, sel]
+
+    @property
+    def has_instance_head(self) -> bool:
+        """Whether :meth:`instance_maps` works (the export has an instance head, ``instances.onnx``)."""
+        return self._instances is not None
+
+    def instance_maps(self, embedding: Embedding) -> np.ndarray:
+        """``(2, H, W)`` float32 in [0, 1] at the original image size, from the instance head: the
+        foreground probability and the predicted distance to the object's edge (1 at its innermost
+        pixel, relative to the object's own largest distance)."""
+        if self._instances is None:
+            raise ValueError(
+                f"model {self.name} has no instance head ({INSTANCE_HEAD_FILE}), which watershed_seed_thresh needs; "
+                "`unisam instance-head --model DIR` trains one for an export folder"
+            )
+        (maps,) = self._instances.run(None, {"image_embeddings": embedding.features})
+        logits = self.upscale(embedding, maps[0])
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
     def upscale(self, embedding: Embedding, low_res_logits: np.ndarray) -> np.ndarray:
         """(M, s, s) low-res logits -> (M, H, W) float32 logits at the original image size."""

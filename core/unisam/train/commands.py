@@ -1,6 +1,7 @@
-"""``unisam train | distill | evaluate | recipe``: the training side of the command line (needs torch).
+"""``unisam train | distill | evaluate | instance-head | recipe``: the training side of the command line
+(needs torch).
 
-``add_commands(subparsers)`` adds the four subcommands to the ``unisam`` argparse parser; each sets
+``add_commands(subparsers)`` adds the five subcommands to the ``unisam`` argparse parser; each sets
 ``func`` to a handler taking the parsed arguments. Torch and the training modules are imported only
 when a handler runs, so the inference-only install keeps a fast, torch-free CLI.
 """
@@ -183,8 +184,20 @@ def cmd_recipe(args) -> None:
                progress=not args.no_progress, plan=args.plan)
 
 
+def cmd_instance_head(args) -> None:
+    from .instance_head import InstanceHeadConfig, train_instance_head
+
+    given = {"steps": args.steps, "images": args.images}
+    config = InstanceHeadConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    result = train_instance_head(args.model, config, threads=args.threads, overwrite=args.overwrite,
+                                 progress=not args.no_progress)
+    print(f"instance head written to {Path(args.model) / 'instances.onnx'}: loss {result['loss_first']:.3f} "
+          f"at the start -> {result['loss_last']:.3f} at the end")
+
+
 def add_commands(subparsers) -> None:
-    """Add ``train``, ``distill``, ``evaluate`` and ``recipe`` to the ``unisam`` CLI's subparsers."""
+    """Add ``train``, ``distill``, ``evaluate``, ``instance-head`` and ``recipe`` to the ``unisam`` CLI's
+    subparsers."""
     p = subparsers.add_parser("train", help="train a SAM-architecture model on instance masks (needs torch)")
     p.add_argument("--arch", default="teacher",
                    help="architecture: recipe preset (teacher, student), registered model name or ArchSpec JSON")
@@ -222,6 +235,17 @@ def add_commands(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true")
     _dataset_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = subparsers.add_parser("instance-head", help="train the foreground / distance head of segment-everything's "
+                              "watershed mode for an export folder (needs torch)")
+    p.add_argument("--model", required=True, metavar="DIR", help="an ONNX export folder (its encoder stays frozen)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1500)")
+    p.add_argument("--images", type=int, default=None, help="synthetic training images (default 1200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace the folder's instances.onnx")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_instance_head)
 
     p = subparsers.add_parser("recipe", help="reproduce the shipped small model end to end (about 1 h on 2 cores)")
     p.add_argument("--out", required=True)

@@ -12,7 +12,9 @@
    this model is kept for the comparison) then phase 2 (prompt-in-the-loop);
 4. exports teacher, phase-1 student and phase-2 student to ONNX, evaluates all three through the
    runtime on the held-out set (box / centre point, +1 / +2 refinement clicks), measures their
-   latency, and writes ``results.json`` and ``results.md``. ``export/student`` is the shipped model.
+   latency, and writes ``results.json`` and ``results.md``. ``export/student`` is the shipped model;
+5. trains the student's instance head (segment-everything's watershed mode,
+   :mod:`~unisam.train.instance_head`) into ``export/student``.
 
 Deterministic given the seed and the thread count. ``budget_scale`` scales all step counts (0.05 for
 a smoke run of a few minutes); the full plan was sized from throughput measured on 2 CPU cores.
@@ -89,10 +91,13 @@ class Plan:
     background_rate: float = 0.0  # box steps: chance per image of a box on empty background (after warm-up)
     loss_upscale: int = 1  # teacher mask loss on a grid of this x the decoder's S/4 logits (after warm-up)
     loose_box_rate: float = 0.0  # teacher (after warm-up) and phase 2: share of boxes enlarged (loosen_boxes)
+    head_steps: int = 1500  # the student's instance head (segment-everything's watershed mode)
+    head_images: int = 1200  # synthetic images embedded once for it
 
     def scaled(self, factor: float) -> Plan:
         """The same plan with every step count (and the validation set) scaled by ``factor``."""
-        names = ("warmup_steps", "teacher_low_steps", "teacher_steps", "phase1_steps", "phase2_steps")
+        names = ("warmup_steps", "teacher_low_steps", "teacher_steps", "phase1_steps", "phase2_steps", "head_steps",
+                 "head_images")
         steps = {name: max(2, round(getattr(self, name) * factor)) for name in names}
         return replace(self, **steps, val_images=max(8, round(self.val_images * factor)))
 
@@ -249,6 +254,19 @@ def _export_and_evaluate(run: _Run) -> tuple[dict, dict, dict]:
     return results, latency, params
 
 
+def _train_instance_head(run: _Run) -> None:
+    """The shipped student's instance head, trained on its exported (frozen) encoder into its export
+    folder (:mod:`unisam.train.instance_head`); a finished head is kept on resume."""
+    from ..registry import INSTANCE_HEAD_FILE
+    from .instance_head import InstanceHeadConfig, train_instance_head
+
+    export_dir = run.out / "export" / "student"
+    if not (export_dir / INSTANCE_HEAD_FILE).exists():
+        config = InstanceHeadConfig(steps=run.plan.head_steps, images=run.plan.head_images, seed=run.seed)
+        train_instance_head(export_dir, config, threads=run.threads, progress=run.progress)
+    run.lap("instance head")
+
+
 def _write_results(run: _Run, summary: dict, results: dict, latency: dict) -> None:
     """``results.json`` (``summary``) and ``results.md`` (mIoU table, latency, phase times); prints both."""
     from .evaluate import format_table
@@ -287,6 +305,7 @@ def run_recipe(out_dir: str | Path, seed: int = 0, budget_scale: float = 1.0, th
     teacher = _train_teacher(run, teacher_spec)
     student = _distill_student(run, teacher)
     results, latency, params = _export_and_evaluate(run)
+    _train_instance_head(run)
     summary = {
         "seed": seed, "budget_scale": budget_scale, "threads": threads, "plan_name": plan_name,
         "plan": asdict(run.plan), "teacher_arch": teacher_spec.to_dict(), "student_arch": student.spec.to_dict(),

@@ -559,11 +559,12 @@ def _reporting(call: Callable[[Callable[[int, int], None]], object]) -> Iterator
 def _option_box(option) -> SpinBox | FloatSpinBox:
     """A spin box for one :class:`unisam.EverythingParams` option (its help as the tooltip)."""
     label = option.name.replace("_", " ").replace("thresh", "threshold")
+    top = option.maximum if option.maximum is not None else 10**6
     if option.kind is int:
-        box = SpinBox(label=label, value=int(option.default), min=1 if option.name == "points_per_side" else 0,
-                      max=64 if option.name == "points_per_side" else 10**6)
-    else:
-        box = FloatSpinBox(label=label, value=option.default, min=0.0, max=1.0, step=0.05)
+        box = SpinBox(label=label, value=int(option.default), min=int(option.minimum), max=int(top))
+    else:  # fractions in steps of 0.05, sizes in pixels
+        box = FloatSpinBox(label=label, value=option.default, min=option.minimum, max=top,
+                           step=0.05 if option.maximum == 1 else 1.0)
     box.tooltip = option.help
     return box
 
