@@ -41,7 +41,7 @@ def run_block(tmp_path, monkeypatch):
 
 def test_the_readme_has_the_blocks_this_test_checks():
     blocks = python_blocks(ROOT / "README.md")
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     assert "point_labels=[1, 0]" in blocks[0] and "box=" in blocks[0]  # point, negative click and box prompts
 
 
@@ -92,3 +92,11 @@ def test_block_5_names_objects_by_example(run_block):
     assert len(found) == len(truth) and set(found.labels) <= set(truth)
     assert np.mean([a == b for a, b in zip(found.labels, truth)]) > 0.35  # four kinds: chance is 0.25
     assert str(found.labels[:4]) in printed and len(found.label_topk[0]) == 4
+
+
+def test_block_6_splits_the_nuclei_with_the_watershed_mode(run_block):
+    ns, printed = run_block(python_blocks(ROOT / "README.md")[5])
+    nuclei = ns["nuclei"]
+    assert len(nuclei) >= 20 and f"{len(nuclei)} nuclei" in printed  # the example's image: about 30 nuclei
+    assert nuclei.masks.sum(0).max() == 1  # one label per pixel: a watershed partition, no overlaps
+    assert ((nuclei.scores > 0.5) & (nuclei.scores <= 1)).all()  # mean foreground probability, above the cut
