@@ -25,8 +25,8 @@ COINS = data.coins()  # (303, 384) uint8, a real photo
 REFERENCE = RealImage("coins", COINS, sum(k * m for k, m in enumerate(coin_masks(COINS), 1)).astype(np.int32))
 
 
-def test_coins_batch_prelabel_finds_20_coins_as_the_core_does():
-    params = {"object_size": REFERENCE.object_size, **DENSE}
+def _batch_prelabel(params: dict) -> np.ndarray:
+    """The coins photo through the backend app's /setup (extra params) and batch /predict: (N, H, W) masks."""
     setup = copy.deepcopy(load_fixture("setup.json"))
     setup["extra_params"] = {"label": "Nucleus", **params}
     batch = copy.deepcopy(load_fixture("predict_batch.json"))
@@ -38,8 +38,22 @@ def test_coins_batch_prelabel_finds_20_coins_as_the_core_does():
         answer = client.post("/predict", json={**batch, "tasks": batch["tasks"][:1]})
     assert answer.status_code == 200, answer.text
     (prediction,) = answer.json()["results"]
-    masks = np.stack([decode_brush(region) for region in prediction["result"]])
+    return np.stack([decode_brush(region) for region in prediction["result"]])
+
+
+def test_coins_batch_prelabel_finds_20_coins_as_the_core_does():
+    params = {"object_size": REFERENCE.object_size, **DENSE}
+    masks = _batch_prelabel(params)
     expected = unisam.segment_everything(COINS, model=unisam.load_model("unisam-tiny"), **params)
     np.testing.assert_array_equal(masks, expected.masks)
     recall, precision = recall_precision(masks, REFERENCE.labels)
     assert int(round(recall * REFERENCE.labels.max())) >= 20, (recall, precision)
+
+
+def test_watershed_mode_is_picked_by_an_extra_param_as_in_the_core():
+    params = {"object_size": REFERENCE.object_size, "watershed_seed_thresh": 0.3}
+    masks = _batch_prelabel(params)
+    expected = unisam.segment_everything(COINS, model=unisam.load_model("unisam-tiny"), **params)
+    np.testing.assert_array_equal(masks, expected.masks)
+    recall, _ = recall_precision(masks, REFERENCE.labels)
+    assert recall >= 0.6 and masks.sum(0).max() == 1  # a watershed partition, not the grid's overlapping masks
