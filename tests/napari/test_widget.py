@@ -204,6 +204,21 @@ def test_segment_all_fills_a_labels_layer_plain_and_tiled(make_napari_viewer, qt
     assert iou(expected, big.masks[isolated(big)[0]]) > 0.5
 
 
+def test_segment_all_in_watershed_mode_from_the_form(make_napari_viewer, qtbot, nuclei):
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei.image, name="nuclei")
+    widget = UnisamWidget(viewer)
+    widget.everything["object_size"].value = 20  # a size in pixels: the form allows more than 1
+    widget.everything["watershed_seed_thresh"].value = 0.3
+    assert widget.everything["object_size"].value == 20
+    widget.segment_all()
+    wait_for(widget, qtbot)
+    params = {"points_per_side": 16, "object_size": 20, "watershed_seed_thresh": 0.3}
+    expected = unisam.segment_everything(nuclei.image, model=widget._predictor(), **params)
+    np.testing.assert_array_equal(viewer.layers["unisam_segmentation"].data, expected.to_label_image())
+    assert len(expected) > 5
+
+
 def test_embeddings_are_cached_on_disk(make_napari_viewer, qtbot, nuclei, embedding_cache, monkeypatch):
     viewer = make_napari_viewer()
     viewer.add_image(nuclei.image, name="nuclei")
