@@ -130,6 +130,17 @@ def test_segment_everything_gives_the_cores_instances(dataset, scenes):
         assert_matches_core(stored[path], result, [None] * len(result))
 
 
+def test_segment_everything_in_watershed_mode_gives_the_cores_instances(dataset, scenes):
+    params = {"object_size": 30, "watershed_seed_thresh": 0.3}  # the instance head instead of the grid
+    summary = foo.get_operator(EVERYTHING)(dataset, label_field="watershed", **params)
+    assert summary["segmented"] == 3 and summary["params"]["watershed_seed_thresh"] == 0.3
+    stored = by_path(dataset, "watershed")
+    for path, masks in scenes:
+        result = unisam.segment_everything(path, **params)
+        assert len(result) >= 1 and result.masks.sum(0).max() == 1  # a partition: the watershed's
+        assert_matches_core(stored[path], result, [None] * len(result))
+
+
 def test_delegated_runs_are_queued_then_executed_by_the_service(dataset, scenes):
     queued = [
         foo.execute_operator(
