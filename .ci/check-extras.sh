@@ -126,8 +126,8 @@ step_wheel() {
     ls "$work/dist"
     local wheel
     wheel="$(ls "$work"/dist/unisam-*.whl)"
-    for member in unisam/assets/unisam-tiny/encoder.onnx unisam/assets/unisam-tiny/instances.onnx unisam_napari/napari.yaml \
-        unisam_fiftyone/zoo/manifest.json unisam_fiftyone/zoo/__init__.py unisam_labelstudio/app.py; do
+    for member in unisam/assets/unisam-tiny/encoder.onnx unisam/assets/unisam-tiny/instances.onnx \
+        unisam_napari/napari.yaml unisam_fiftyone/zoo/manifest.json unisam_fiftyone/zoo/__init__.py unisam_labelstudio/app.py; do
         python3 -c "import sys, zipfile; sys.exit(sys.argv[2] not in zipfile.ZipFile(sys.argv[1]).namelist())" \
             "$wheel" "$member" || { echo "the wheel lacks $member" >&2; return 1; }
     done

@@ -241,8 +241,8 @@ def main() -> None:
     model = unisam.get_model(args.model)
     configs = {name: options for name, options in EVERYTHING.items() if name != "watershed" or model.has_instance_head}
     print(f"model: {model.name}; segment-everything: defaults = {unisam.everything_defaults(model).to_dict()}; "
-          f"tiles = tiles=True, points_per_side=16; object_size = the objects' median diameter and {DENSE}; watershed = the same crops and "
-          f"watershed_seed_thresh={WATERSHED_SEED}")
+          f"tiles = tiles=True, points_per_side=16; object_size = the objects' median diameter and {DENSE}; "
+          f"watershed = the same crops and watershed_seed_thresh={WATERSHED_SEED}")
     head = ["image", "size", "objects", "box", "box tiled", "centre", "centre tiled"]
     head += [f"{c} {what}" for c in configs for what in ("recall", "precision", "masks", "s")]
     print("| " + " | ".join(head) + " |")

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .registry import (
-    BUNDLED_MODEL, DEFAULT_LABEL_MODEL, INSTANCE_HEAD_FILE, ModelCard, get_card, get_label_card, list_label_models, list_models, read_export,
-    require_license,
+    BUNDLED_MODEL, DEFAULT_LABEL_MODEL, INSTANCE_HEAD_FILE, ModelCard, get_card, get_label_card, list_label_models,
+    list_models, read_export, require_license,
 )
 from .runtime.cache import DiskEmbeddingCache
 from .runtime.clip import ClipModel
@@ -179,7 +179,9 @@ def _from_onnx_dir(directory: Path, name: str | None, threads: int | None, disk)
     label = name or meta.get("name") or directory.name
     head = directory / INSTANCE_HEAD_FILE
     if head.is_file() and meta.get("instances_sha256") not in (None, sha256_file(head)):
-        raise ValueError(f"{head}: its sha256 is not the instances_sha256 of {directory / 'model.json'} (a head of another model?)")
+        raise ValueError(
+            f"{head}: its sha256 is not the instances_sha256 of {directory / 'model.json'} (a head of another model?)"
+        )
     return Predictor(
         directory / "encoder.onnx",
         directory / "decoder.onnx",

@@ -161,8 +161,8 @@ class EverythingParams:
     def options(cls, common_only: bool = False) -> list[Option]:
         """The options in declaration order (only those hosts show in their forms, if asked)."""
         found = [
-            Option(f.name, int if f.type in ("int", int) else float, f.default, f.metadata["help"], f.metadata["common"],
-                   f.metadata["minimum"], f.metadata["maximum"])
+            Option(f.name, int if f.type in ("int", int) else float, f.default, f.metadata["help"],
+                   f.metadata["common"], f.metadata["minimum"], f.metadata["maximum"])
             for f in fields(cls)
         ]
         return [o for o in found if o.common or not common_only]

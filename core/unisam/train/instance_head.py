@@ -106,7 +106,9 @@ def train_instance_head(
     of the steps if fewer)."""
     export_dir = Path(export_dir)
     if (export_dir / INSTANCE_HEAD_FILE).exists() and not overwrite:  # before the work, not after
-        raise FileExistsError(f"{export_dir / INSTANCE_HEAD_FILE} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(
+            f"{export_dir / INSTANCE_HEAD_FILE} exists; pass overwrite=True (--overwrite) to replace it"
+        )
     if threads is not None:
         torch.set_num_threads(threads)
     features, targets, valid = _examples(export_dir, config, threads, progress)
