@@ -127,6 +127,8 @@ def test_watershed_option_is_checked_and_needs_an_instance_head(export_copy):
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="watershed_seed_thresh"):
             EverythingParams(watershed_seed_thresh=bad)
+    empty = unisam.segment_everything(np.zeros((64, 80, 3), np.uint8), watershed_seed_thresh=0.3)  # bundled head
+    assert len(empty) == 0 and empty.masks.shape == (0, 64, 80) and empty.boxes.shape == (0, 4)
     model = unisam.load_model(weights=export_copy)
     assert not model.has_instance_head
     with pytest.raises(ValueError, match="no instance head.*unisam instance-head"):

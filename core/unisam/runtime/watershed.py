@@ -55,7 +55,8 @@ def watershed_instances(
     ``min_area``: smaller objects (pixels) are dropped."""
     height, width = image.shape[:2]
     centres = np.array([((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in crops])
-    masks, scores = [], []
+    pieces: list[tuple[slice, slice, np.ndarray]] = []
+    scores: list[float] = []
     for index, (x0, y0, x1, y1) in enumerate(tqdm(crops, desc="segment everything (watershed)", unit="crop",
                                                   disable=not progress)):
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
@@ -72,16 +73,17 @@ def watershed_instances(
             cx, cy = cx + window[1].start + x0 + 0.5, cy + window[0].start + y0 + 0.5
             if len(crops) > 1 and np.argmin(((centres - (cx, cy)) ** 2).sum(1)) != index:
                 continue  # a nearer crop owns this object
-            full = np.zeros((height, width), bool)
-            full[y0 + window[0].start : y0 + window[0].stop, x0 + window[1].start : x0 + window[1].stop] = piece
-            masks.append(full)
+            rows = slice(y0 + window[0].start, y0 + window[0].stop)
+            cols = slice(x0 + window[1].start, x0 + window[1].stop)
+            pieces.append((rows, cols, piece))  # kept at its window's size until the end
             scores.append(float(foreground[window][piece].mean()))
-    if not masks:
-        return Instances(masks=np.zeros((0, height, width), bool), boxes=np.zeros((0, 4), np.float32),
-                         scores=np.zeros(0, np.float32))
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    stack = np.stack(masks)[order]
-    return Instances(masks=stack, boxes=masks_to_boxes(stack), scores=np.asarray(scores, np.float32)[order])
+    order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
+    masks = np.zeros((len(order), height, width), bool)
+    for mask, i in zip(masks, order):
+        rows, cols, piece = pieces[i]
+        mask[rows, cols] = piece
+    return Instances(masks=masks, boxes=masks_to_boxes(masks).reshape(-1, 4).astype(np.float32),
+                     scores=np.asarray(scores, np.float32).reshape(-1)[order])
 
 
 def _seeded_watershed(foreground: np.ndarray, distance: np.ndarray, seed_thresh: float) -> tuple[np.ndarray, int]:
