@@ -20,7 +20,8 @@ from unisam.models import export_instance_head
 from unisam.models.instance_head import InstanceHead
 from unisam.registry import ASSETS, BUNDLED_MODEL, INSTANCE_HEAD_FILE
 from unisam.runtime.cache import Embedding
-from unisam.runtime.everything import EverythingParams, object_crops
+from unisam.runtime.everything import EverythingParams, object_crops, tile_boxes
+from unisam.runtime.tiling import Tiling, segment_everything_tiled
 from unisam.runtime.watershed import _seeded_watershed, watershed_instances
 from unisam.train.instance_head import InstanceHeadConfig, instance_targets, train_instance_head
 from unisam.weights import sha256_file
@@ -121,6 +122,19 @@ def test_every_object_comes_from_exactly_one_crop():
     best = [max(iou(f, m) for f in found.masks) for m in masks]
     assert min(best) > 0.95
     assert np.all(found.scores == 1)  # the mean foreground probability inside each mask
+
+
+def test_tiles_keep_each_object_from_one_tile_without_nms():
+    rng = np.random.default_rng(1)
+    grid = [(x, y) for y in range(20, 500, 40) for x in range(20, 600, 40)]
+    centres = [(x + rng.uniform(-4, 4), y + rng.uniform(-4, 4)) for x, y in grid]
+    masks = disks((520, 620), centres, 14)
+    predictor = MapsPredictor(masks)
+    params = EverythingParams(watershed_seed_thresh=0.3)
+    found = segment_everything_tiled(predictor.image, predictor, params, Tiling(size=200, overlap=50))
+    assert len(predictor.crops) == len(tile_boxes((520, 620), 200, 50)) > 4  # no whole-image pass
+    assert len(found) == len(masks)  # objects on tile seams neither lost nor twice
+    assert min(max(iou(f, m) for f in found.masks) for m in masks) > 0.95
 
 
 def test_watershed_option_is_checked_and_needs_an_instance_head(export_copy):

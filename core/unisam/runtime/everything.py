@@ -205,7 +205,7 @@ def segment_everything(
     image = load_image(image)
     height, width = image.shape[:2]
     if p.watershed_seed_thresh > 0:
-        return _watershed(image, predictor, p, progress)
+        return watershed_everything(image, predictor, p, progress)
     if p.object_size > 0:
         crops = object_crops((height, width), p.object_size)
     else:
@@ -235,8 +235,16 @@ def segment_everything(
     return Instances(masks=masks[order], boxes=boxes[order] + _TO_PIXEL_EDGES, scores=scores[order])
 
 
-def _watershed(image: np.ndarray, predictor: MaskPredictor, p: EverythingParams, progress: bool) -> Instances:
-    """The watershed mode (:mod:`unisam.runtime.watershed`) on the whole image or the object crops."""
+def watershed_everything(
+    image: np.ndarray,
+    predictor: MaskPredictor,
+    p: EverythingParams,
+    progress: bool,
+    tiles: list[tuple[int, int, int, int]] | None = None,
+) -> Instances:
+    """The watershed mode (:mod:`unisam.runtime.watershed`) on the object crops (with ``object_size``),
+    else on ``tiles`` ``(x0, y0, x1, y1)`` (a large image's, see :mod:`unisam.runtime.tiling`), else on
+    the whole image. Each object comes from the one crop whose centre is nearest to it."""
     from .watershed import MIN_AREA, MIN_AREA_FRACTION, watershed_instances
 
     height, width = image.shape[:2]
@@ -244,7 +252,7 @@ def _watershed(image: np.ndarray, predictor: MaskPredictor, p: EverythingParams,
         crops = [box for box, _ in object_crops((height, width), p.object_size)]
         min_area = round(MIN_AREA_FRACTION * p.object_size**2)
     else:
-        crops, min_area = [(0, 0, width, height)], MIN_AREA
+        crops, min_area = tiles or [(0, 0, width, height)], MIN_AREA
     return watershed_instances(image, predictor, crops, p.watershed_seed_thresh,
                                max(min_area, p.min_mask_region_area), progress)
 

@@ -28,7 +28,14 @@ from ..instances import Instances
 from ..masks import masks_to_boxes
 from ..prompts import Prompt, collect_prompts
 from .cache import Embedding
-from .everything import EverythingParams, is_box_near_crop_edge, nms, segment_everything, tile_boxes
+from .everything import (
+    EverythingParams,
+    is_box_near_crop_edge,
+    nms,
+    segment_everything,
+    tile_boxes,
+    watershed_everything,
+)
 from .predictor import Predictor
 
 Box = tuple[int, int, int, int]
@@ -67,12 +74,15 @@ def segment_everything_tiled(
 
     Every tile (and, with ``tiling.whole_image``, the whole image) goes through
     :func:`segment_everything` with ``params``; masks cut by an inner tile edge are dropped, duplicates
-    removed by box NMS. An image no larger than one tile gives exactly the untiled result.
+    removed by box NMS. The watershed mode keeps each object from its nearest tile instead. An image no
+    larger than one tile gives exactly the untiled result.
     """
     height, width = image.shape[:2]
     tiles = tiling.tiles((height, width), predictor)
     if len(tiles) == 1:
         return segment_everything(image, predictor, params, progress=progress)
+    if params.watershed_seed_thresh > 0:  # each object from the tile whose centre is nearest (no NMS)
+        return watershed_everything(image, predictor, params, progress, tiles)
     whole: Box = (0, 0, width, height)
     parts: list[tuple[Instances, Box]] = []  # each tile's masks stay tile-sized until the end
     for tile in tqdm(tiles, desc="segment everything (tiles)", unit="tile", disable=not progress):
